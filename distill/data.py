@@ -335,7 +335,8 @@ def load_dataset(
     if kind == "xbd" and target:
         from distill.xbd import load_xbd_dataset
 
-        return load_xbd_dataset(Path(target).expanduser(), spec, split_seed=split_seed)
+        return load_xbd_dataset(Path(target.partition("?")[0]).expanduser(), spec, split_seed=split_seed,
+                                split_file=split_path, test_fraction=test_fraction)
     raise RSDistillError(
         f"Unknown dataset {spec!r}. Use one of {', '.join(NAMED_DATASETS)}, imagefolder:<path>, "
         "hf:<hub id or folder>, or xbd:<path>."

@@ -57,3 +57,15 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.Cap
     assert main(["data", "info", "eurosat", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Dataset 'eurosat' not found") and "Traceback" not in err
+
+
+def test_export_imagefolder_gives_a_loadable_dataset(tmp_path: Path) -> None:
+    import datasets
+
+    from distill.hf_source import export_imagefolder
+
+    splits = datasets.load_from_disk(str(hf_dataset(tmp_path, with_test=True)))
+    root = export_imagefolder(splits, tmp_path / "exported")
+    dataset = load_dataset(f"imagefolder:{root}")
+    assert dataset.classes == ["a", "b"] and (len(dataset.train), len(dataset.test)) == (10, 4)
+    assert dataset.split_origin.endswith("test.txt")
