@@ -12,7 +12,15 @@ from distill.data import SceneDataset, cache_state, image_sizes, load_dataset, r
 from distill.errors import RSDistillError
 
 # Modules that add sub-commands through `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "distill.xbd",
+    "prototypes.cli",
+    "distill.synthesis_cli",
+    "captioning.cli",
+    "evaluate.cli",
+    "distill.generator_cli",
+    "distill.pipeline_cli",
+)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:

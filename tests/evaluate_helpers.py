@@ -1,0 +1,31 @@
+"""Fixtures shared by the evaluation tests: a tiny fake dataset, sets written from it, tiny protocols."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from distill.data import SceneDataset, load_dataset
+from distill.imageset import write_image_set
+from evaluate.protocol import Protocol
+
+RESOLUTION = 16
+TINY = Protocol(resolution=RESOLUTION, steps=4, batch_size=8, precision="fp32")
+
+
+def fake_dataset(make_imagefolder, per_class: int = 10, test_per_class: int = 4) -> SceneDataset:  # noqa: ANN001
+    root = make_imagefolder({"forest": per_class, "lake": per_class, "town": per_class}, size=24,
+                            test_per_class=test_per_class)
+    return load_dataset(f"imagefolder:{root}")
+
+
+def set_from_train(dataset: SceneDataset, out: Path, per_class: int, seed: int = 0,
+                   records: bool = False) -> Path:
+    """A set of `per_class` real train images per class (a random coreset), in the common format."""
+    train = dataset.images("train", RESOLUTION)
+    rng = np.random.default_rng(seed)
+    index = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), per_class, replace=False)
+                            for c in range(len(dataset.classes))])
+    extra = [{"method": "random", "source_key": train.keys[i]} for i in index] if records else None
+    return write_image_set(out, np.asarray(train.images[index]), train.labels[index], dataset.classes, records=extra)
