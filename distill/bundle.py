@@ -125,7 +125,7 @@ class DiffusionBundle:
                 f"The UNet of {self.path} requires class labels (class_embed_type="
                 f"{config.class_embed_type!r}, num_class_embeds={config.num_class_embeds}); "
                 "give the value with --class_labels_value N (generator.class_labels_value), e.g. the "
-                "resolution index a Text2Earth model was trained with."
+                "resolution level a Text2Earth-style UNet was trained with."
             )
         return torch.full((batch,), self.class_labels_value, dtype=torch.long, device=self.unet.device)
 

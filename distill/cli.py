@@ -60,7 +60,8 @@ def cmd_data_info(args: argparse.Namespace) -> None:
     shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(5))
     print(f"\nimage sizes (first {sum(sizes.values())} train images): {shown}")
     state = cache_state(dataset, args.resolution, args.cache_dir)
-    print(f"cache at {args.resolution}px: " + ", ".join(f"{s} {'decoded' if d else 'not decoded'}" for s, d in state.items()))
+    shown_state = ", ".join(f"{split} {'decoded' if done else 'not decoded'}" for split, done in state.items())
+    print(f"cache at {args.resolution}px: {shown_state}")
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
@@ -115,7 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # `section.key=value` overrides may stand anywhere among a command's flags.
+    overrides = [text for text in unknown if "=" in text and not text.startswith("-")]
+    if len(overrides) < len(unknown) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = [*(args.overrides or []), *overrides]
     try:
         args.func(args)
     except RSDistillError as error:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -147,6 +148,11 @@ def diffusion_loss(
 
 
 def _accelerator(config: FinetuneConfig) -> Accelerator:
+    # Accelerate keeps one AcceleratorState per process; a second run in the same process (a pipeline, a
+    # benchmark) may ask for another precision or accumulation, so the per-run part is cleared (the
+    # distributed set-up, PartialState, is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     try:
         return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                            mixed_precision=config.mixed_precision)
@@ -241,6 +247,7 @@ def finetune(
     bundle = bundle or load_bundle(config.pretrained_model_name_or_path, config.class_labels_value)
     if config.class_labels_value is not None:
         bundle.class_labels_value = config.class_labels_value
+    bundle.class_labels(1)  # a UNet that needs class labels without a value is refused before any work
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _accelerator(config)

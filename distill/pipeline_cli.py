@@ -56,7 +56,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("run", help="run every stage from one config (skips done stages, resumes)")
     parser.add_argument("--config", help="YAML run config (see scripts/configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="any setting, e.g. prototypes.rule=medoid")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="any setting, e.g. prototypes.rule=medoid")
     for flag in SHORT_FLAGS:
         if flag in BOOLEAN_FLAGS:
             parser.add_argument(f"--{flag}", action="store_true", default=False)

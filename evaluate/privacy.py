@@ -30,7 +30,9 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     return torch.outer(g, g)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Mean SSIM of each image pair of (N, C, H, W) tensors (valid-region windows), shape (N,)."""
     channels = a.shape[1]
     kernel = _gaussian_window(window, sigma).to(a.device).expand(channels, 1, window, window)
@@ -126,5 +128,8 @@ def balanced_sample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     classes = np.unique(labels)
     per = max(1, limit // len(classes))
     rng = np.random.default_rng(seed)
-    picks = [rng.choice(np.flatnonzero(labels == c), min(per, int((labels == c).sum())), replace=False) for c in classes]
+    picks = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        picks.append(rng.choice(members, min(per, len(members)), replace=False))
     return np.sort(np.concatenate(picks))

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from distill.data import write_text_atomic  # noqa: E402
+from distill.data import write_text_atomic
 
 if TYPE_CHECKING:
     from evaluate.evaluation import EvalSet, Evaluation
@@ -36,6 +37,9 @@ def plot_accuracy_vs_ipc(report: dict[str, Any], path: Path) -> Path:
     if report.get("full"):
         ax.axhline(report["full"]["accuracy"], color="black", linestyle="--", label="full")
     ax.set_xscale("log")
+    ax.set_xticks(sorted({row["ipc"] for row in report["rows"]}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("images per class")
     ax.set_ylabel("top-1 accuracy on the real test split (%)")
     ax.set_title(f"{report['dataset']} — {report['protocol_label']}", fontsize=9)

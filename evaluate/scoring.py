@@ -45,7 +45,9 @@ class Score:
         return {key: getattr(self, key) for key in keys}
 
 
-def train_stats(dataset: SceneDataset, resolution: int, cache_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def train_stats(
+    dataset: SceneDataset, resolution: int, cache_dir: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of the real train split in [0, 1] units, cached beside the decoded images.
 
     Same values as :func:`distill.data.normalization_stats`, accumulated in float64 a chunk at a time so

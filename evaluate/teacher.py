@@ -102,7 +102,9 @@ def export_feature_extractor(
     return folder
 
 
-def load_feature_extractor(folder: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, dict]:
+def load_feature_extractor(
+    folder: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """The exported extractor and its config."""
     folder = Path(folder)
     if not (folder / "model.pt").is_file() or not (folder / "config.json").is_file():

@@ -14,7 +14,7 @@ RESOLUTION = 16
 TINY = Protocol(resolution=RESOLUTION, steps=4, batch_size=8, precision="fp32")
 
 
-def fake_dataset(make_imagefolder, per_class: int = 10, test_per_class: int = 4) -> SceneDataset:  # noqa: ANN001
+def fake_dataset(make_imagefolder, per_class: int = 10, test_per_class: int = 4) -> SceneDataset:
     root = make_imagefolder({"forest": per_class, "lake": per_class, "town": per_class}, size=24,
                             test_per_class=test_per_class)
     return load_dataset(f"imagefolder:{root}")

@@ -33,6 +33,7 @@ def tiny_sd_folder(
     folder: Path,
     prediction_type: str = "epsilon",
     num_class_embeds: int | None = None,
+    class_embed_type: str | None = None,
     latent_size: int = 16,
     seed: int = 0,
 ) -> Path:
@@ -48,6 +49,7 @@ def tiny_sd_folder(
         block_out_channels=(16, 32), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
         attention_head_dim=4, norm_num_groups=8, num_class_embeds=num_class_embeds,
+        class_embed_type=class_embed_type,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=520, hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=2,

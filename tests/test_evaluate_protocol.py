@@ -116,7 +116,7 @@ def test_a_trained_classifier_learns_the_toy_classes() -> None:
     assert score.protocol_label.startswith("convnet3-16px-25steps")
 
 
-def test_random_baseline_draws_a_fresh_subset_per_run(make_imagefolder) -> None:  # noqa: ANN001
+def test_random_baseline_draws_a_fresh_subset_per_run(make_imagefolder) -> None:
     dataset = fake_dataset(make_imagefolder)
     train = dataset.images("train", RESOLUTION)
     first, again, other = (random_subset_indices(train.labels, 2, s) for s in (0, 0, 1))
@@ -126,7 +126,7 @@ def test_random_baseline_draws_a_fresh_subset_per_run(make_imagefolder) -> None:
     assert images.shape == (6, RESOLUTION, RESOLUTION, 3) and np.array_equal(labels, train.labels[first])
 
 
-def test_scorer_tests_on_the_whole_real_test_split(make_imagefolder) -> None:  # noqa: ANN001
+def test_scorer_tests_on_the_whole_real_test_split(make_imagefolder) -> None:
     dataset = fake_dataset(make_imagefolder)
     scorer = Scorer.for_dataset(dataset, TINY, compile=False)
     assert len(scorer.test_labels) == len(dataset.test) == 12

@@ -23,7 +23,7 @@ from tests.evaluate_helpers import RESOLUTION, TINY, fake_dataset, set_from_trai
 FAST = ["--resolution", str(RESOLUTION), "--steps", "3", "--no-compile", "--precision", "fp32", "--full-passes", "2"]
 
 
-def test_evaluate_cli_writes_the_report(make_imagefolder, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_evaluate_cli_writes_the_report(make_imagefolder, tmp_path: Path, capsys) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "coreset-ipc2", 2, records=True)
     out = tmp_path / "report"
@@ -52,13 +52,13 @@ def test_evaluate_cli_writes_the_report(make_imagefolder, tmp_path: Path, capsys
     assert "| coreset-ipc2 | random | 2 |" in md and "convnet3-16px-3steps-hard-fp32" in md
 
 
-def test_full_reference_is_cached_exported_and_never_sees_test_images(make_imagefolder, monkeypatch) -> None:  # noqa: ANN001
+def test_full_reference_is_cached_exported_and_never_sees_test_images(make_imagefolder, monkeypatch) -> None:
     dataset = fake_dataset(make_imagefolder)
     scorer = Scorer.for_dataset(dataset, TINY, compile=False)
     seen: list[torch.Tensor] = []
     original = Trainer.train
 
-    def spy(self, images, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def spy(self, images, *args, **kwargs):
         seen.append(images.clone())
         return original(self, images, *args, **kwargs)
 
@@ -78,7 +78,7 @@ def test_full_reference_is_cached_exported_and_never_sees_test_images(make_image
     assert torch.allclose(extractor(x), expected, atol=1e-5)
 
 
-def test_soft_labels_and_real_plus_set(make_imagefolder, tmp_path: Path) -> None:  # noqa: ANN001
+def test_soft_labels_and_real_plus_set(make_imagefolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "s", 1)
     config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, labels="soft", compile=False, precision="fp32",
@@ -91,7 +91,7 @@ def test_soft_labels_and_real_plus_set(make_imagefolder, tmp_path: Path) -> None
     assert report["rows"][0]["n_train"] == len(dataset.train) + 3
 
 
-def test_random_baseline_alone_at_given_ipcs(make_imagefolder, tmp_path: Path) -> None:  # noqa: ANN001
+def test_random_baseline_alone_at_given_ipcs(make_imagefolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     config = EvalConfig(resolution=RESOLUTION, steps=2, runs=2, compile=False, precision="fp32", baselines=["random"],
                         ipc=[1, 3])
@@ -99,7 +99,7 @@ def test_random_baseline_alone_at_given_ipcs(make_imagefolder, tmp_path: Path) -
     assert [(r["method"], r["ipc"], r["n_train"]) for r in report["rows"]] == [("random", 1, 3), ("random", 3, 9)]
 
 
-def test_class_names_that_differ_are_listed(make_imagefolder, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_class_names_that_differ_are_listed(make_imagefolder, tmp_path: Path, capsys) -> None:
     dataset = fake_dataset(make_imagefolder)
     images = np.zeros((2, 8, 8, 3), np.uint8)
     bad = write_image_set(tmp_path / "bad", images, np.array([0, 1]), ["forest", "desert"])
@@ -108,7 +108,7 @@ def test_class_names_that_differ_are_listed(make_imagefolder, tmp_path: Path, ca
     assert code == 2 and "desert" in err and "lake" in err and "town" in err and "Traceback" not in err
 
 
-def test_uneven_set_is_scored_and_labelled(make_imagefolder, tmp_path: Path) -> None:  # noqa: ANN001
+def test_uneven_set_is_scored_and_labelled(make_imagefolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "uneven", 2)
     shutil.rmtree(set_dir / "town")
@@ -127,7 +127,7 @@ def test_uneven_set_is_scored_and_labelled(make_imagefolder, tmp_path: Path) -> 
     assert "uneven 1–2" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_unreadable_image_is_named(make_imagefolder, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unreadable_image_is_named(make_imagefolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "broken", 1)
     victim = next((set_dir / "lake").iterdir())
@@ -136,7 +136,7 @@ def test_unreadable_image_is_named(make_imagefolder, tmp_path: Path) -> None:  #
         evaluate_sets([set_dir], dataset, EvalConfig(resolution=RESOLUTION, compile=False), None)
 
 
-def test_unknown_options_are_refused(make_imagefolder, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unknown_options_are_refused(make_imagefolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     with pytest.raises(RSDistillError, match="rsdistill coreset"):
         evaluate_sets([], dataset, EvalConfig(baselines=["herding"]), None)

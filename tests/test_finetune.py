@@ -154,6 +154,24 @@ def test_unet_requiring_class_labels(tmp_path: Path, scenes: str) -> None:
     assert json.loads((out / "rsdistill.json").read_text())["class_labels_value"] == 2
 
 
+def test_bf16_autocast_with_gradient_checkpointing(sd: Path, scenes: str, tmp_path: Path) -> None:
+    out = finetune(settings(sd, tmp_path / "out", scenes, mixed_precision="bf16", gradient_checkpointing=True,
+                            max_train_steps=1, consistency_lambda=0.5, consistency_max_timestep=999))
+    summary = json.loads((out / "logs" / "summary.json").read_text())
+    assert summary["mixed_precision"] == "bf16" and summary["steps_run"] == 1
+    assert load_bundle(str(out)).unet.dtype == torch.float32
+
+
+def test_timestep_class_embedding(tmp_path: Path) -> None:
+    folder = tiny_sd_folder(tmp_path / "sd-res", class_embed_type="timestep")
+    bundle = load_bundle(str(folder), class_labels_value=5)
+    labels = bundle.class_labels(2)
+    with torch.no_grad():
+        out = bundle.unet(torch.randn(2, 4, 16, 16), torch.tensor([3, 4]), torch.randn(2, 16, 32),
+                          class_labels=labels).sample
+    assert out.shape == (2, 4, 16, 16)
+
+
 def test_lora_without_attention_is_refused() -> None:
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1,
                                 down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,

@@ -1,0 +1,176 @@
+"""The benchmark table of ../shared/BENCHMARK.md: distilled sets next to real coresets and full data.
+
+    RSDISTILL_DATA=../shared/datasets python scripts/benchmark.py                 # everything
+    python scripts/benchmark.py --datasets eurosat --ipcs 10 --methods distilled random herding
+
+For every dataset and IPC it scores, by the one protocol (ConvNet-3, 500 steps, 3 runs): the distilled set
+(`rsdistill run` with `scripts/configs/<dataset>-ipc<k>.yaml`), the coresets random / herding / kcenter /
+kmeans (herding and k-center in the penultimate features of the `full` ConvNet-3, as BENCHMARK.md defines
+them; k-means medoids in the same space), and `full`. At IPC 10 it adds the ablations. Each scored item is
+kept as JSON under --work, so an interrupted benchmark resumes and a partial one can be extended; the merged
+table goes to scripts/results/benchmark.{json,md} (no images) and, with --readme, into README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from distill.config import EvalConfig, RunConfig, load_config
+from distill.data import load_dataset
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE / "configs"
+RESULTS = HERE / "results"
+METHODS = ("distilled", "random", "herding", "kcenter", "kmeans")
+ABLATIONS: dict[str, list[str]] = {
+    "no-consistency (lambda=0)": ["generator.consistency_lambda=0"],
+    "class-name prompts": ["generator.prompts=class-names"],
+    "no prototype guidance": ["synthesis.guidance=none"],
+    "img2img guidance (D4M)": ["synthesis.guidance=img2img"],
+    "one candidate": ["synthesis.candidates=1"],
+}
+
+
+def run_config(dataset: str, ipc: int, work: Path, overrides: list[str], tag: str) -> RunConfig:
+    config = load_config(CONFIGS / f"{dataset}-ipc{ipc}.yaml", overrides)
+    return replace(config, run_dir=str(work / dataset / f"ipc{ipc}" / tag), shared_dir=str(work / "shared"))
+
+
+def scored(path: Path, make: Any) -> dict[str, Any]:
+    """The cached result at `path`, or `make()` computed and saved there."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def accuracy_of(report: dict[str, Any], kind: str) -> dict[str, Any]:
+    row = next(r for r in report["rows"] if r["kind"] == kind)
+    return {"accuracy_mean": row["accuracy"]["mean"], "accuracy_std": row["accuracy"]["std"],
+            "accuracies": row["accuracy"]["runs"], "storage_ratio": row.get("storage_ratio"),
+            "ratio_to_full": row.get("ratio_to_full"), "n_images": row.get("n_images") or row.get("n_train"),
+            "uneven": row.get("uneven", False)}
+
+
+def score_sets(dataset: Any, set_dir: Path | None, ipc: int, evaluation: EvalConfig, out: Path) -> dict[str, Any]:
+    from evaluate.evaluation import evaluate_sets
+
+    config = replace(evaluation, baselines=["full"] if set_dir else ["random", "full"], ipc=[] if set_dir else [ipc])
+    report = evaluate_sets([set_dir] if set_dir else [], dataset, config, out)
+    return {**accuracy_of(report, "set" if set_dir else "baseline"), "protocol": report["protocol_label"],
+            "full": report["full"], "wall_s": report["wall_s"]}
+
+
+def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag: str) -> dict[str, Any]:
+    from distill.pipeline import run_pipeline
+
+    config = run_config(dataset_name, ipc, work, overrides, tag)
+    start = time.perf_counter()
+    set_dir = run_pipeline(config, evaluate=False)
+    wall = time.perf_counter() - start
+    stages = json.loads((Path(config.run_dir) / "stages.json").read_text())["stages"]
+    dataset = load_dataset(config.data.dataset, root=config.data.root)
+    result = score_sets(dataset, set_dir, ipc, config.evaluation, Path(config.run_dir) / "report")
+    return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides}
+
+
+def coreset(dataset: Any, method: str, ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
+    from evaluate.evaluation import protocol_from_config
+    from evaluate.scoring import Scorer
+    from evaluate.teacher import full_reference
+    from prototypes import write_coreset
+
+    protocol = protocol_from_config(evaluation, dataset)
+    reference = full_reference(dataset, Scorer.for_dataset(dataset, protocol), evaluation.full_passes)
+    out = work / dataset.name / f"ipc{ipc}" / f"coreset-{method}"
+    set_dir = write_coreset(dataset, method, ipc, out / "set", encoder=f"torchscript:{reference.extractor}", seed=0,
+                            resolution=evaluation.resolution)
+    return score_sets(dataset, set_dir, ipc, evaluation, out / "report")
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| dataset | IPC | method | accuracy (%) | ratio to full | storage ratio |", "|---|---|---|---|---|---|"]
+    for key in sorted(results, key=lambda k: (k.split("/")[0], int(k.split("/")[1]), k)):
+        dataset, ipc, method = key.split("/", 2)
+        r = results[key]
+        acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
+        ratio = f"{r['ratio_to_full']:.3f}" if r.get("ratio_to_full") is not None else "–"
+        storage = f"{r['storage_ratio']:.2e}" if r.get("storage_ratio") is not None else "–"
+        lines.append(f"| {dataset} | {ipc} | {method} | {acc} | {ratio} | {storage} |")
+    fulls = {k.split("/")[0]: r["full"] for k, r in results.items() if r.get("full")}
+    for dataset, full in sorted(fulls.items()):
+        lines.append(f"| {dataset} | all | full | {100 * full['accuracy']:.2f} | 1.000 | 1 |")
+    return "\n".join(lines)
+
+
+def stage_table(results: dict[str, Any]) -> str:
+    lines = ["| run | stage | wall time (s) | peak memory (MB) |", "|---|---|---|---|"]
+    for key, r in sorted(results.items()):
+        for stage, figures in (r.get("stages") or {}).items():
+            lines.append(f"| {key} | {stage} | {figures.get('wall_time_s')} | {figures.get('peak_memory_mb')} |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], command: str, readme: bool) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "benchmark.json").write_text(json.dumps({"command": command, "results": results}, indent=2))
+    markdown = (f"# Benchmark (BENCHMARK.md protocol)\n\nProduced by `{command}`.\n\n{table(results)}\n\n"
+                f"## Stage wall time and peak memory\n\n{stage_table(results)}\n")
+    (RESULTS / "benchmark.md").write_text(markdown)
+    if readme:
+        path = HERE.parent / "README.md"
+        text = path.read_text()
+        block = f"<!-- benchmark:start -->\n{table(results)}\n<!-- benchmark:end -->"
+        text = re.sub(r"<!-- benchmark:start -->.*<!-- benchmark:end -->", block, text, flags=re.S)
+        path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["eurosat", "ucmerced"])
+    parser.add_argument("--ipcs", nargs="+", type=int, default=[1, 10, 50])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
+                        help="at IPC 10, the ablations of the distilled set")
+    parser.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="cached items and runs")
+    parser.add_argument("--readme", action="store_true", help="regenerate README.md's results table")
+    args = parser.parse_args()
+    command = "python scripts/benchmark.py " + " ".join(
+        [f"--datasets {' '.join(args.datasets)}", f"--ipcs {' '.join(map(str, args.ipcs))}",
+         f"--methods {' '.join(args.methods)}"] + ([] if args.ablations else ["--no-ablations"]))
+    results_path = RESULTS / "benchmark.json"
+    results = json.loads(results_path.read_text())["results"] if results_path.is_file() else {}
+    for name in args.datasets:
+        dataset = load_dataset(name)
+        evaluation = load_config(CONFIGS / f"{name}-ipc10.yaml").evaluation
+        for ipc in args.ipcs:
+            items = args.work / name / f"ipc{ipc}" / "items"
+            for method in args.methods:
+                if method == "distilled":
+                    make = partial(distilled, name, ipc, args.work, [], "distilled")
+                elif method == "random":
+                    make = partial(score_sets, dataset, None, ipc, evaluation, items / "random-report")
+                else:
+                    make = partial(coreset, dataset, method, ipc, args.work, evaluation)
+                results[f"{name}/{ipc}/{method}"] = scored(items / f"{method}.json", make)
+                write_results(results, command, args.readme)
+            if ipc == 10 and args.ablations and "distilled" in args.methods:
+                for label, overrides in ABLATIONS.items():
+                    tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+                    make = partial(distilled, name, ipc, args.work, overrides, tag)
+                    results[f"{name}/{ipc}/ablation: {label}"] = scored(items / f"ablation-{tag}.json", make)
+                    write_results(results, command, args.readme)
+    print((RESULTS / "benchmark.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
