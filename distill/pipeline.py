@@ -116,7 +116,8 @@ class Run:
 
     # Stage 4b: the generator fine-tuned with the classifier-consistency loss.
     def generator(self, base: Path, classifier: Path, captions: Path | None) -> Path:
-        from distill.finetune import FinetuneConfig, finetune
+        from distill.finetune import finetune
+        from distill.finetune_config import config_from_generator
 
         g = self.config.generator
         settings = {k: v for k, v in asdict(g).items() if k in FINETUNE_SETTINGS}
@@ -127,26 +128,10 @@ class Run:
         if not stage.done:
             print(f"[generator] training into {folder} (resumes from its latest checkpoint)")
             with stage.build() as work:
-                finetune(
-                    FinetuneConfig(
-                        pretrained_model_name_or_path=str(base), output_dir=str(work),
-                        dataset=self.config.data.dataset, data_root=self.config.data.root,
-                        cache_dir=self.config.data.cache_dir, split_seed=self.config.data.split_seed,
-                        resolution=g.resolution, captions=str(captions) if captions else None,
-                        train_batch_size=g.train_batch_size, max_train_steps=g.max_train_steps,
-                        learning_rate=g.learning_rate, lr_scheduler=g.lr_scheduler,
-                        lr_warmup_steps=g.lr_warmup_steps,
-                        gradient_accumulation_steps=g.gradient_accumulation_steps,
-                        gradient_checkpointing=g.gradient_checkpointing, mixed_precision=g.mixed_precision,
-                        checkpointing_steps=g.checkpointing_steps,
-                        checkpoints_total_limit=g.checkpoints_total_limit, resume_from_checkpoint="latest",
-                        snr_gamma=g.snr_gamma, validation_steps=g.validation_steps, seed=self.config.seed,
-                        use_lora=g.use_lora, rank=g.lora_rank, consistency_lambda=g.consistency_lambda,
-                        consistency_max_timestep=g.consistency_max_timestep, caption_dropout=g.caption_dropout,
-                        class_labels_value=g.class_labels_value, latent_classifier=str(classifier),
-                    ),
-                    dataset=self.dataset,
-                )
+                training = config_from_generator(g, str(base), str(work), self.config.data, seed=self.config.seed,
+                                                 captions=str(captions) if captions else None)
+                training.latent_classifier = str(classifier)
+                finetune(training, dataset=self.dataset)
         self.record("generator", folder)
         return folder
 
