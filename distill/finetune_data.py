@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from distill.bundle import DiffusionBundle
-from distill.data import ImageArray, default_cache_root
+from distill.data import ImageArray, SceneDataset, default_cache_root
 from distill.errors import RSDistillError
 from distill.latent_classifier import dihedral
 
@@ -80,12 +80,17 @@ def encode_latents(
     return np.concatenate(chunks)
 
 
+def latents_tag(dataset: SceneDataset, split: str, resolution: int) -> str:
+    """Cache name part for the latents of one split of a dataset at one resolution."""
+    return f"{dataset.fingerprint}-{split}-{resolution}px"
+
+
 def cached_latents(bundle: DiffusionBundle, array: ImageArray, tag: str, progress: bool = True) -> np.ndarray:
-    """Train latents of `array`, read from the cache when this VAE encoded this data before."""
+    """Latents of `array` (see `latents_tag`), read from the cache when this VAE encoded this data before."""
     folder = default_cache_root() / "latents"
     path = folder / f"{tag}-{_vae_digest(bundle)}.npy"
     if path.is_file():
-        return np.load(path)
+        return np.load(path, mmap_mode="r")
     latents = encode_latents(bundle, array.images, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")

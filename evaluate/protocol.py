@@ -269,8 +269,7 @@ class Trainer:
 
     @torch.no_grad()
     def soft_targets(self, teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = teacher(x).float()
+        logits = self.logits_fn(teacher, x, self.autocast)
         return F.softmax(logits / self.protocol.temperature, dim=1)
 
     @torch.inference_mode()

@@ -106,7 +106,7 @@ class Scorer:
         self.test_images = to_uint8_tensor(np.asarray(test.images), self.device)
         self.test_labels = torch.as_tensor(np.asarray(test.labels), device=self.device)
         self.teacher = teacher
-        self._compiled = False
+        self._compiled: set[int] = set()
 
     @classmethod
     def for_dataset(
@@ -128,21 +128,28 @@ class Scorer:
         other.trainer = Trainer(protocol, self.normalizer, self.device, compile=self.trainer.compile)
         other.protocol = other.trainer.protocol
         other.teacher = teacher
-        other._compiled = False
+        other._compiled = set()
         return other
 
-    def warmup(self) -> float:
-        """Compiles the training step once (a throwaway model, one step); returns the seconds it took."""
-        if self._compiled or not self.trainer.compile:
+    def warmup(self, n_train: int) -> float:
+        """Compiles the training step for a set of `n_train` images, and the test forward, on random pixels
+        with a throwaway model (nothing real is trained on); returns the seconds it took."""
+        batch = min(self.protocol.batch_size, n_train)
+        if not self.trainer.compile or batch in self._compiled:
             return 0.0
         start = time.perf_counter()
-        images = self.test_images[: min(len(self.test_images), self.protocol.batch_size)]
-        labels = self.test_labels[: len(images)] % self.num_classes
-        # The test images only shape the compiled graph: this throwaway model is neither scored nor kept.
-        warm = Trainer(replace(self.protocol, steps=1), self.normalizer, self.device, compile=False)
-        warm.loss_fn = self.trainer.loss_fn
-        warm.train(images, labels, self.num_classes, seed=0, teacher=self.teacher, desc="compiling")
-        self._compiled = True
+        side = self.protocol.resolution
+        noise = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (batch, 3, side, side), generator=noise, dtype=torch.uint8).to(self.device)
+        labels = torch.arange(batch, device=self.device) % self.num_classes
+        warm = Trainer(replace(self.protocol, steps=1), self.normalizer, self.device, compile=False,
+                       channels_last=self.trainer.channels_last)
+        warm.loss_fn, warm.logits_fn = self.trainer.loss_fn, self.trainer.logits_fn
+        model = warm.train(images, labels, self.num_classes, seed=0, teacher=self.teacher, desc="compiling")
+        if not self._compiled:
+            test_batch = min(len(self.test_images), 500)
+            self.trainer.predict(model, images[torch.arange(test_batch, device=self.device) % batch])
+        self._compiled.add(batch)
         return time.perf_counter() - start
 
     def train(self, images: np.ndarray, labels: np.ndarray, seed: int, desc: str = "training") -> nn.Module:
@@ -169,13 +176,14 @@ class Scorer:
             keep_first: Keep the first run's model on the result (for the membership-inference attack).
         """
         start = time.perf_counter()
-        compile_s = self.warmup()
+        compile_s = 0.0
         runs, train_s, test_s = [], [], []
         first = None
         n_train = 0
         for i, seed in enumerate(seeds):
             images, labels = draw(seed)
             n_train = len(images)
+            compile_s += self.warmup(n_train)
             t0 = time.perf_counter()
             model = self.train(images, labels, seed, desc=f"{desc} run {i + 1}/{len(seeds)}")
             t1 = time.perf_counter()

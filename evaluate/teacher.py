@@ -181,4 +181,6 @@ def full_reference(
     model = build_network(protocol.model, len(dataset.classes), resolution)
     model.load_state_dict(torch.load(stage.path / CLASSIFIER, map_location="cpu", weights_only=True))
     model = model.to(scorer.device).eval()
+    if scorer.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return FullReference(record["accuracy"], model, stage.path, record)

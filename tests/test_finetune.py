@@ -193,3 +193,24 @@ def test_captions_folder_supplies_prompts(sd: Path, scenes: str, tmp_path: Path)
     (captions / "metadata.jsonl").write_text(json.dumps({"file_name": "forest/forest_001.png", "text": "trees"}))
     with pytest.raises(RSDistillError, match="no caption for 11 train image"):
         finetune(settings(sd, tmp_path / "out", scenes, captions=str(captions)))
+
+
+def test_out_of_memory_names_the_flags_that_help(sd: Path, scenes: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("distill.finetune.Trainer.micro_losses", exhausted)
+    with pytest.raises(RSDistillError, match=r"--gradient_checkpointing.*--mixed_precision bf16.*--use_lora"):
+        finetune(settings(sd, tmp_path / "out", scenes))
+
+
+def test_generator_classifier_command(scenes: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from distill.cli import main
+
+    folder = tiny_sd_folder(tmp_path / "sd")
+    argv = ["generator", "classifier", "--pretrained_model_name_or_path", str(folder), "--dataset", scenes,
+            "--resolution", "32", "--classifier_steps", "3"]
+    assert main(argv) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert LatentClassifier.from_pretrained(folder / CLASSIFIER_FOLDER).config.classes == CLASSES

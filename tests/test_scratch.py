@@ -52,7 +52,9 @@ def test_vae_training_is_seeded_and_improves_reconstruction(scenes: Path) -> Non
     assert reconstruction_psnr(first, images) > untrained + 1.5
 
 
-def test_init_scratch_writes_a_bundle_like_stable_diffusion(scenes: Path, tmp_path: Path) -> None:
+def test_init_scratch_writes_a_bundle_like_stable_diffusion(
+    scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = load_dataset(f"imagefolder:{scenes}")
     report = init_scratch(dataset, tmp_path / "bundle", get_preset("scratch-cpu", **TOY), progress=False)
     assert {"vae_test_psnr", "latent_classifier_test_accuracy", "latent_classifier_val_accuracy"} <= set(report)
@@ -65,6 +67,9 @@ def test_init_scratch_writes_a_bundle_like_stable_diffusion(scenes: Path, tmp_pa
     assert hidden.shape == (1, 16, 384)
     assert (tmp_path / "bundle" / CLASSIFIER_FOLDER / "config.json").is_file()
 
+    # A fresh latent cache, so the second build takes the same code path as the first: within one process,
+    # float rounding can depend on what ran before (separate processes agree, with or without the cache).
+    monkeypatch.setenv("RSDISTILL_CACHE", str(tmp_path / "second-cache"))
     again = init_scratch(dataset, tmp_path / "again", get_preset("scratch-cpu", **TOY), progress=False)
     assert again["latent_classifier_test_accuracy"] == report["latent_classifier_test_accuracy"]
     for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
