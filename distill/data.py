@@ -249,7 +249,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
-        raise RSDistillError(f"Could not write {path}: {error.strerror}. Free some space or choose another folder.")
+        raise RSDistillError(
+            f"Could not write {path}: {error.strerror}. Free some space or choose another folder."
+        ) from None
 
 
 def load_folder_dataset(

@@ -41,10 +41,7 @@ def _load(target: str) -> Any:
 
     path = Path(target).expanduser()
     try:
-        if path.exists():
-            loaded = datasets.load_from_disk(str(path))
-        else:
-            loaded = datasets.load_dataset(target)
+        loaded = datasets.load_from_disk(str(path)) if path.exists() else datasets.load_dataset(target)
     except (FileNotFoundError, ConnectionError, ValueError) as error:
         raise RSDistillError(
             f"Could not load the Hugging Face dataset {target!r}: {error}. Give a folder written by "

@@ -34,17 +34,27 @@ class LatentClassifierConfig:
     num_classes: int
     width: int = 32
     stages: int = 3
+    norm: str = "group"
     classes: list[str] = field(default_factory=list)
     latent_size: int | None = None
     val_accuracy: float | None = None
 
 
+def normalization(kind: str, channels: int) -> nn.Module:
+    """GroupNorm (8 groups) or BatchNorm (running statistics used in eval mode, as when scoring samples)."""
+    if kind == "group":
+        return nn.GroupNorm(8, channels)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise RSDistillError(f"Latent classifier norm {kind!r} is unknown; use group or batch.")
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            normalization(norm, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            normalization(norm, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +70,11 @@ class LatentClassifier(nn.Module):
         width = config.width
         layers: list[nn.Module] = [nn.Conv2d(config.in_channels, width, 3, padding=1)]
         for stage in range(config.stages):
-            layers.append(ResidualBlock(width))
+            layers.append(ResidualBlock(width, config.norm))
             if stage < config.stages - 1:
                 layers.append(nn.Conv2d(width, width * 2, 3, stride=2, padding=1))
                 width *= 2
-        layers += [nn.GroupNorm(8, width), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [normalization(config.norm, width), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width, config.num_classes)
 
@@ -139,6 +149,7 @@ def train_latent_classifier(
     batch_size: int = 128,
     learning_rate: float = 2e-3,
     width: int = 32,
+    norm: str = "group",
     augment: bool = True,
     label_smoothing: float = 0.1,
     eval_every: int = 250,
@@ -158,6 +169,7 @@ def train_latent_classifier(
         batch_size: Samples per step, drawn in passes without replacement.
         learning_rate: Peak learning rate.
         width: Channels of the first stage.
+        norm: ``group`` or ``batch`` normalisation.
         augment: Random flips and quarter turns of the latents (the scene classes are orientation-free).
         label_smoothing: Cross-entropy label smoothing.
         eval_every: Steps between validation passes.
@@ -176,7 +188,7 @@ def train_latent_classifier(
         )
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    config = LatentClassifierConfig(latents.shape[1], len(classes), width, classes=list(classes),
+    config = LatentClassifierConfig(latents.shape[1], len(classes), width, norm=norm, classes=list(classes),
                                     latent_size=latents.shape[-1])
     model = LatentClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)

@@ -100,7 +100,9 @@ def test_stratified_holdout_keeps_every_class() -> None:
     np.testing.assert_array_equal(kept, again)
 
 
-@pytest.mark.parametrize(("name", "classes", "train", "test"), [("eurosat", 10, 21600, 5400), ("ucmerced", 21, 1680, 420)])
+@pytest.mark.parametrize(
+    ("name", "classes", "train", "test"), [("eurosat", 10, 21600, 5400), ("ucmerced", 21, 1680, 420)]
+)
 def test_real_dataset_split(name: str, classes: int, train: int, test: int) -> None:
     folder = require_real(name)
     dataset = load_dataset(name, root=REAL_DATA)
