@@ -59,8 +59,11 @@ def train_prompts(keys: Sequence[str], labels: np.ndarray, classes: list[str], c
     return [texts[key] for key in keys]
 
 
-def _vae_digest(bundle: DiffusionBundle) -> str:
-    digest = hashlib.sha256(json.dumps(dict(bundle.vae.config), sort_keys=True, default=str).encode())
+def vae_digest(bundle: DiffusionBundle) -> str:
+    """Identifies a VAE by its weights and public config, so its latents are cached once across bundles."""
+    # Private config keys (`_name_or_path`, `_diffusers_version`...) change on save and load; they are left out.
+    config = {key: value for key, value in bundle.vae.config.items() if not key.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(bundle.vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
@@ -88,7 +91,7 @@ def latents_tag(dataset: SceneDataset, split: str, resolution: int) -> str:
 def cached_latents(bundle: DiffusionBundle, array: ImageArray, tag: str, progress: bool = True) -> np.ndarray:
     """Latents of `array` (see `latents_tag`), read from the cache when this VAE encoded this data before."""
     folder = default_cache_root() / "latents"
-    path = folder / f"{tag}-{_vae_digest(bundle)}.npy"
+    path = folder / f"{tag}-{vae_digest(bundle)}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
     latents = encode_latents(bundle, array.images, progress=progress)

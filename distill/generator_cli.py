@@ -94,20 +94,21 @@ def cmd_generator_init(args: argparse.Namespace) -> None:
 def cmd_generator_classifier(args: argparse.Namespace) -> None:
     from distill.bundle import CLASSIFIER_FOLDER, load_bundle
     from distill.data import stratified_holdout
-    from distill.finetune_data import encode_latents
+    from distill.finetune_data import cached_latents, latents_tag
     from distill.latent_classifier import accuracy, train_latent_classifier
 
     bundle = load_bundle(args.pretrained_model_name_or_path)
     dataset = dataset_from_args(args)
     train = dataset.images("train", args.resolution, cache_dir=args.cache_dir)
     test = dataset.images("test", args.resolution, cache_dir=args.cache_dir)
-    latents = encode_latents(bundle, train.images)
+    latents = cached_latents(bundle, train, latents_tag(dataset, "train", args.resolution))
     kept, held = stratified_holdout(train.labels, 0.1, args.seed)
     model, _ = train_latent_classifier(latents[kept], train.labels[kept], dataset.classes, latents[held],
                                        train.labels[held], steps=args.classifier_steps, seed=args.seed)
     out = Path(args.output_dir or Path(args.pretrained_model_name_or_path) / CLASSIFIER_FOLDER)
     model.save_pretrained(out)
-    test_accuracy = accuracy(model, encode_latents(bundle, test.images), test.labels)
+    test_latents = cached_latents(bundle, test, latents_tag(dataset, "test", args.resolution))
+    test_accuracy = accuracy(model, test_latents, test.labels)
     print(f"wrote {out}: validation accuracy {model.config.val_accuracy:.4f}, test accuracy {test_accuracy:.4f}")
 
 

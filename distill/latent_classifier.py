@@ -149,7 +149,7 @@ def train_latent_classifier(
     batch_size: int = 128,
     learning_rate: float = 2e-3,
     width: int = 32,
-    norm: str = "group",
+    norm: str = "batch",
     augment: bool = True,
     label_smoothing: float = 0.1,
     eval_every: int = 250,

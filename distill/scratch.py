@@ -11,7 +11,6 @@ result exactly like Stable Diffusion.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
@@ -47,7 +46,7 @@ class ScratchPreset:
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_attention_heads: int = 8
     text_max_length: int = 64
-    classifier_steps: int = 400
+    classifier_steps: int = 1500
     classifier_batch_size: int = 128
     classifier_width: int = 32
     classifier_val_fraction: float = 0.1
@@ -226,7 +225,3 @@ def init_scratch(
     write_text_atomic(output_dir / "scratch_report.json", json.dumps(report, indent=2))
     return report
 
-
-def unet_steps_for(images: int, epochs: float, batch_size: int) -> int:
-    """Optimiser steps that show the UNet `epochs` passes over `images` train images."""
-    return max(1, math.ceil(images * epochs / batch_size))

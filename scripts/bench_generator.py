@@ -6,8 +6,8 @@ loss: from one base UNet (trained with lambda = 0), two continuations that diffe
 class-conditioned samples are classified by the latent classifier and by a pixel classifier trained on real
 train images (EfficientNet-Lite0 features + logistic regression). The test split only scores, it never chooses.
 
-    python scripts/bench_generator.py --out /tmp/bench-generator --vae_steps 600 --base_steps 600 \
-        --branch_steps 200 --json /tmp/bench-generator/report.json
+    python scripts/bench_generator.py --out /tmp/bench-generator --threads 1 --base_steps 500 \
+        --branch_steps 150 --json /tmp/bench-generator/report.json
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--json")
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--vae_steps", type=int, default=600)
-    parser.add_argument("--classifier_steps", type=int, default=600)
+    parser.add_argument("--vae_steps", type=int, help="default: the scratch-cpu preset's")
+    parser.add_argument("--classifier_steps", type=int, help="default: the scratch-cpu preset's")
     parser.add_argument("--base_steps", type=int, default=600)
     parser.add_argument("--branch_steps", type=int, default=200)
     parser.add_argument("--train_batch_size", type=int, default=32)

@@ -16,6 +16,7 @@ from distill.bundle import CLASSIFIER_FOLDER, load_bundle
 from distill.errors import RSDistillError
 from distill.finetune import FinetuneConfig, consistency_loss, finetune
 from distill.finetune_checkpoints import list_checkpoints
+from distill.finetune_data import vae_digest
 from distill.finetune_models import prepare_unet
 from distill.latent_classifier import LatentClassifier, LatentClassifierConfig
 from tests.generator_helpers import one_thread, tiny_sd_folder
@@ -71,7 +72,7 @@ def test_two_step_lora(sd: Path, scenes: str, tmp_path: Path) -> None:
     assert (out / "validation" / "step-000002.png").is_file()
     assert [step for step, _ in list_checkpoints(out)] == [1, 2]
     assert (out / CLASSIFIER_FOLDER / "model.safetensors").is_file()
-    load_bundle(str(out))
+    assert vae_digest(load_bundle(str(out))) == vae_digest(load_bundle(str(sd)))  # its latents cache carries over
 
 
 def test_lora_output_matches_adapter_model(sd: Path, scenes: str, tmp_path: Path) -> None:
