@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 import psutil
 
+from distill.atomic import temporary_sibling
 from distill.data import write_text_atomic
 from distill.errors import RSDistillError
 
@@ -155,7 +155,7 @@ class Stage:
         wall = time.perf_counter() - start
         (work / ".fingerprint").unlink(missing_ok=True)
         if self.path.exists():
-            old = self.run_dir / f".{self.name}.old-{os.getpid()}"
+            old = temporary_sibling(self.path, ".old")
             self.path.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         work.rename(self.path)

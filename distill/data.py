@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from distill.atomic import temporary_sibling
 from distill.errors import RSDistillError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
@@ -243,7 +244,7 @@ def split_file_for(location: str, seed: int, fraction: float) -> Path:
 def write_text_atomic(path: Path, text: str) -> None:
     """Writes `text` to `path` through a temporary file, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -418,7 +419,7 @@ def load_images(
     skipped = sorted(set(keys) - set(kept_keys))
     labels = np.asarray([samples[i].label for i in kept], dtype=np.int64)
     array_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = array_path.with_name(f".{array_path.name}.tmp-{os.getpid()}.npy")
+    tmp = temporary_sibling(array_path, ".npy")
     try:
         np.save(tmp, images)
         os.replace(tmp, array_path)

@@ -9,7 +9,6 @@ empty for real images) and whatever produced the image (source key, prototype, s
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from distill.atomic import temporary_sibling
 from distill.data import to_rgb_resized
 from distill.errors import RSDistillError
 
@@ -72,7 +72,7 @@ def write_image_set(
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     counters: Counter[int] = Counter()
     lines = []

@@ -39,6 +39,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from distill.artifacts import Stage, read_manifest
+from distill.atomic import temporary_sibling
 from distill.bundle import CLASSIFIER_FOLDER, DiffusionBundle, load_bundle
 from distill.config import SynthesisConfig
 from distill.data import SceneDataset, to_rgb_resized, write_text_atomic
@@ -402,7 +403,7 @@ def save_progress(
     """Writes one finished target: its PNG, then its record (the record's presence marks it done)."""
     png, record_path = _progress_files(work, target.index)
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(png)
     Image.fromarray(kept.image).save(tmp, format="PNG")
     os.replace(tmp, png)
     record = {

@@ -1,4 +1,11 @@
-"""One evaluation: score sets and baselines by one protocol, measure the requested metrics, write a report."""
+"""One evaluation: score sets and baselines by one protocol, measure the requested metrics, write a report.
+
+report.json holds the dataset and its fingerprint, the protocol (dict and label), the options, the `full`
+reference (accuracy, passes, steps, protocol; None when not asked for), the real train split's bytes on disk,
+and one row per scored training set: ``kind`` (``set``, ``baseline`` or ``real``), ``name``, ``method``,
+``ipc``, ``accuracy`` ({mean, std, runs, seeds}, percent, population std), ``ratio_to_full``, ``n_train``,
+``timing`` and, for sets, ``per_class``, ``uneven``, ``storage_bytes``, ``storage_ratio`` and ``metrics``.
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def _fid_helper(device: str | torch.device = "cpu"):
 
 
 @torch.inference_mode()
-def inception_features(images: np.ndarray, batch_size: int = 50, device: str | torch.device = "cpu",
+def inception_features(images: np.ndarray, batch_size: int = 25, device: str | torch.device = "cpu",
                        desc: str = "inception features") -> np.ndarray:
     """2048-d Inception pool features of uint8 (N, H, W, 3) images, float64 (N, 2048)."""
     helper = _fid_helper(device)

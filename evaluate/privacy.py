@@ -23,23 +23,34 @@ from torch import nn
 from evaluate.protocol import Trainer, to_uint8_tensor
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
 def ssim(
-    a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, window: int = 11, sigma: float = 1.5
+    a: torch.Tensor,
+    b: torch.Tensor,
+    data_range: float = 255.0,
+    window: int = 11,
+    sigma: float = 1.5,
+    chunk: int = 64,
 ) -> torch.Tensor:
-    """Mean SSIM of each image pair of (N, C, H, W) tensors (valid-region windows), shape (N,)."""
+    """Mean SSIM of each image pair of (N, C, H, W) tensors (valid-region windows), shape (N,).
+
+    The Gaussian window is applied as two 1-D passes, `chunk` pairs at a time, in float64."""
+    if len(a) > chunk:
+        return torch.cat([ssim(a[i : i + chunk], b[i : i + chunk], data_range, window, sigma, chunk)
+                          for i in range(0, len(a), chunk)])
     channels = a.shape[1]
-    kernel = _gaussian_window(window, sigma).to(a.device).expand(channels, 1, window, window)
+    g = _gaussian(window, sigma).to(a.device)
+    rows, columns = g.view(1, 1, window, 1).expand(channels, 1, window, 1), g.view(1, 1, 1, window).expand(
+        channels, 1, 1, window)
     a, b = a.double(), b.double()
 
     def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, kernel, groups=channels)
+        return F.conv2d(F.conv2d(x, rows, groups=channels), columns, groups=channels)
 
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
@@ -86,7 +97,7 @@ def nearest_real(
     rows = torch.arange(len(best))
     return NearestReal(
         index=top_index[rows, best].numpy(),
-        feature_distance=(1 - top_sim[rows, best]).numpy(),
+        feature_distance=(1 - top_sim[rows, best]).clamp_min(0).numpy(),
         ssim=scores[rows, best].numpy(),
         nearest_feature_index=top_index[:, 0].numpy(),
     )

@@ -28,7 +28,8 @@ def plot_accuracy_vs_ipc(report: dict[str, Any], path: Path) -> Path:
     """Accuracy (mean, std bars) against IPC, one line per method; `full` as a horizontal line."""
     by_method: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     for row in report["rows"]:
-        by_method[row["method"]].append((row["ipc"], row["accuracy"]["mean"], row["accuracy"]["std"]))
+        key = row["method"] if row["kind"] != "baseline" else f"{row['method']} baseline (fresh draw per run)"
+        by_method[key].append((row["ipc"], row["accuracy"]["mean"], row["accuracy"]["std"]))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for method, points in sorted(by_method.items()):
         points.sort()
@@ -55,8 +56,8 @@ def plot_sample_grid(entry: EvalSet, classes: list[str], path: Path, per_class: 
     """Up to `per_class` images of every class, one row per class."""
     rows = [np.flatnonzero(entry.labels == label)[:per_class] for label in range(len(classes))]
     columns = max(1, max(len(r) for r in rows))
-    fig, axes = plt.subplots(len(classes), columns, figsize=(columns * 0.9 + 1.6, len(classes) * 0.9), dpi=100,
-                             squeeze=False)
+    width, height = columns * 0.9 + 1.6, len(classes) * 0.9 + 0.4
+    fig, axes = plt.subplots(len(classes), columns, figsize=(width, height), dpi=100, squeeze=False)
     for label, (index, name) in enumerate(zip(rows, classes, strict=True)):
         for column in range(columns):
             ax = axes[label, column]
@@ -64,8 +65,9 @@ def plot_sample_grid(entry: EvalSet, classes: list[str], path: Path, per_class: 
             if column < len(index):
                 ax.imshow(entry.images[index[column]])
         axes[label, 0].text(-0.1, 0.5, name, transform=axes[label, 0].transAxes, ha="right", va="center", fontsize=7)
-    fig.suptitle(entry.name, fontsize=9)
-    fig.subplots_adjust(left=1.5 / (columns * 0.9 + 1.6), wspace=0.05, hspace=0.05)
+    fig.suptitle(entry.name, fontsize=9, y=1 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=1.5 / width, right=0.99, top=1 - 0.35 / height, bottom=0.05 / height, wspace=0.05,
+                        hspace=0.05)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -147,7 +147,7 @@ class Scorer:
         warm.loss_fn, warm.logits_fn = self.trainer.loss_fn, self.trainer.logits_fn
         model = warm.train(images, labels, self.num_classes, seed=0, teacher=self.teacher, desc="compiling")
         if not self._compiled:
-            test_batch = min(len(self.test_images), 500)
+            test_batch = min(len(self.test_images), 256)  # Trainer.predict's batch
             self.trainer.predict(model, images[torch.arange(test_batch, device=self.device) % batch])
         self._compiled.add(batch)
         return time.perf_counter() - start

@@ -117,7 +117,7 @@ def load_feature_extractor(
 
 @torch.no_grad()
 def extract_features(
-    extractor: nn.Module, images: np.ndarray, batch_size: int = 256, device: str | torch.device = "cpu"
+    extractor: nn.Module, images: np.ndarray, batch_size: int = 64, device: str | torch.device = "cpu"
 ) -> np.ndarray:
     """Features of uint8 (N, H, W, 3) images through an exported extractor, float32 (N, D)."""
     out = []

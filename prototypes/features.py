@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from distill.atomic import temporary_sibling
 from distill.data import SceneDataset, default_cache_root, write_text_atomic
 from distill.errors import RSDistillError
 from prototypes.encoders import Encoder
@@ -43,7 +44,7 @@ def features_path(dataset: SceneDataset, split: str, resolution: int, encoder: E
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+    tmp = temporary_sibling(path, ".npy")
     try:
         np.save(tmp, array)
         os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ from distill.data import SceneDataset, load_dataset
 from distill.imageset import write_image_set
 from evaluate.protocol import Protocol
 
+MakeFolder = Callable[..., Path]  # the make_imagefolder fixture of conftest.py
 RESOLUTION = 16
 TINY = Protocol(resolution=RESOLUTION, steps=4, batch_size=8, precision="fp32")
 
 
-def fake_dataset(make_imagefolder, per_class: int = 10, test_per_class: int = 4) -> SceneDataset:
+def fake_dataset(make_imagefolder: MakeFolder, per_class: int = 10, test_per_class: int = 4) -> SceneDataset:
     root = make_imagefolder({"forest": per_class, "lake": per_class, "town": per_class}, size=24,
                             test_per_class=test_per_class)
     return load_dataset(f"imagefolder:{root}")

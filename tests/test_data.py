@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,15 @@ def test_images_are_resized_cached_and_equal(make_imagefolder, tmp_path: Path) -
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.labels, second.labels)
     assert first.keys == [s.key for s in dataset.train]
+
+
+def test_threads_decoding_the_same_split_at_once_both_succeed(make_imagefolder, tmp_path: Path) -> None:
+    root = make_imagefolder(size=40, test_per_class=2)
+    dataset = load_dataset(f"imagefolder:{root}")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: dataset.images("train", 24, cache_dir=tmp_path).images, range(2)))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not [p for p in tmp_path.rglob(".*tmp*")], "temporary files left behind"
 
 
 def test_stratified_holdout_keeps_every_class() -> None:

