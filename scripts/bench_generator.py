@@ -122,7 +122,8 @@ def main() -> None:
     if (bundle_dir / "scratch_report.json").is_file():
         scratch = json.loads((bundle_dir / "scratch_report.json").read_text())
     else:
-        scratch = timed_part(report, "init_scratch", lambda: init_scratch(dataset, bundle_dir, preset, seed=args.seed))
+        scratch = timed_part(report, "init_scratch", lambda: init_scratch(
+            dataset, bundle_dir, preset, seed=args.seed, psnr_samples=None))
     report["scratch"] = {k: v for k, v in scratch.items() if k != "latent_classifier_history"}
 
     base = timed_part(report, "unet_base", lambda: train_unet(bundle_dir, out / "unet-base", dataset,

@@ -53,8 +53,9 @@ def scored(path: Path, make: Any) -> dict[str, Any]:
     return result
 
 
-def accuracy_of(report: dict[str, Any], kind: str) -> dict[str, Any]:
-    row = next(r for r in report["rows"] if r["kind"] == kind)
+def accuracy_of(report: dict[str, Any], kind: str, index: int = 0) -> dict[str, Any]:
+    """Accuracy figures (percent) of the `index`-th row of `kind` in an evaluation report."""
+    row = [r for r in report["rows"] if r["kind"] == kind][index]
     return {"accuracy_mean": row["accuracy"]["mean"], "accuracy_std": row["accuracy"]["std"],
             "accuracies": row["accuracy"]["runs"], "storage_ratio": row.get("storage_ratio"),
             "ratio_to_full": row.get("ratio_to_full"), "n_images": row.get("n_images") or row.get("n_train"),
@@ -83,18 +84,31 @@ def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag
     return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides}
 
 
-def coreset(dataset: Any, method: str, ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
-    from evaluate.evaluation import protocol_from_config
+def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
+    """Every coreset at one IPC, scored in one evaluation (one report with their pictures side by side)."""
+    from evaluate.evaluation import evaluate_sets, protocol_from_config
     from evaluate.scoring import Scorer
     from evaluate.teacher import full_reference
     from prototypes import write_coreset
 
-    protocol = protocol_from_config(evaluation, dataset)
-    reference = full_reference(dataset, Scorer.for_dataset(dataset, protocol), evaluation.full_passes)
-    out = work / dataset.name / f"ipc{ipc}" / f"coreset-{method}"
-    set_dir = write_coreset(dataset, method, ipc, out / "set", encoder=f"torchscript:{reference.extractor}", seed=0,
-                            resolution=evaluation.resolution)
-    return score_sets(dataset, set_dir, ipc, evaluation, out / "report")
+    out = work / dataset.name / f"ipc{ipc}" / "coresets"
+    selected = [m for m in methods if m != "random"]
+    set_dirs = []
+    if selected:
+        protocol = protocol_from_config(evaluation, dataset)
+        reference = full_reference(dataset, Scorer.for_dataset(dataset, protocol), evaluation.full_passes)
+        encoder = f"torchscript:{reference.extractor}"
+        set_dirs = [write_coreset(dataset, method, ipc, out / method, encoder=encoder, seed=0,
+                                  resolution=evaluation.resolution) for method in selected]
+    baselines = ["random", "full"] if "random" in methods else ["full"]
+    config = replace(evaluation, baselines=baselines, ipc=[ipc] if "random" in methods else [])
+    report = evaluate_sets(set_dirs, dataset, config, out / "report")
+    common = {"protocol": report["protocol_label"], "full": report["full"], "wall_s": report["wall_s"],
+              "report": str(out / "report")}
+    results = {method: {**accuracy_of(report, "set", index), **common} for index, method in enumerate(selected)}
+    if "random" in methods:
+        results["random"] = {**accuracy_of(report, "baseline"), **common}
+    return results
 
 
 def table(results: dict[str, Any]) -> str:
@@ -102,13 +116,13 @@ def table(results: dict[str, Any]) -> str:
     for key in sorted(results, key=lambda k: (k.split("/")[0], int(k.split("/")[1]), k)):
         dataset, ipc, method = key.split("/", 2)
         r = results[key]
-        acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
+        acc = f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
         ratio = f"{r['ratio_to_full']:.3f}" if r.get("ratio_to_full") is not None else "–"
         storage = f"{r['storage_ratio']:.2e}" if r.get("storage_ratio") is not None else "–"
         lines.append(f"| {dataset} | {ipc} | {method} | {acc} | {ratio} | {storage} |")
     fulls = {k.split("/")[0]: r["full"] for k, r in results.items() if r.get("full")}
     for dataset, full in sorted(fulls.items()):
-        lines.append(f"| {dataset} | all | full | {100 * full['accuracy']:.2f} | 1.000 | 1 |")
+        lines.append(f"| {dataset} | all | full | {full['accuracy']:.2f} | 1.000 | 1 |")
     return "\n".join(lines)
 
 
@@ -154,14 +168,15 @@ def main() -> None:
         evaluation = load_config(CONFIGS / f"{name}-ipc10.yaml").evaluation
         for ipc in args.ipcs:
             items = args.work / name / f"ipc{ipc}" / "items"
-            for method in args.methods:
-                if method == "distilled":
-                    make = partial(distilled, name, ipc, args.work, [], "distilled")
-                elif method == "random":
-                    make = partial(score_sets, dataset, None, ipc, evaluation, items / "random-report")
-                else:
-                    make = partial(coreset, dataset, method, ipc, args.work, evaluation)
-                results[f"{name}/{ipc}/{method}"] = scored(items / f"{method}.json", make)
+            if "distilled" in args.methods:
+                make = partial(distilled, name, ipc, args.work, [], "distilled")
+                results[f"{name}/{ipc}/distilled"] = scored(items / "distilled.json", make)
+                write_results(results, command, args.readme)
+            baselines = [m for m in args.methods if m != "distilled"]
+            if baselines:
+                make = partial(coresets, dataset, baselines, ipc, args.work, evaluation)
+                for method, result in scored(items / f"coresets-{'-'.join(baselines)}.json", make).items():
+                    results[f"{name}/{ipc}/{method}"] = result
                 write_results(results, command, args.readme)
             if ipc == 10 and args.ablations and "distilled" in args.methods:
                 for label, overrides in ABLATIONS.items():
