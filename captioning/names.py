@@ -49,6 +49,11 @@ def plain_words(name: str) -> str:
     return " ".join(pieces)
 
 
+def class_prompt(name: str) -> str:
+    """``a satellite image of <class in words>``: the prompt of a class when no captions are used."""
+    return f"a satellite image of {plain_words(name)}"
+
+
 def scene_phrase(name: str, prefix: str = "a satellite image of") -> str:
     """`a satellite image of a river scene`, `... of an industrial scene`."""
     words = plain_words(name)

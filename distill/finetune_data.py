@@ -14,17 +14,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from captioning.names import class_prompt
 from distill.bundle import DiffusionBundle
 from distill.data import ImageArray, SceneDataset, default_cache_root
 from distill.errors import RSDistillError
 from distill.latent_classifier import dihedral
-
-
-def class_prompt(name: str) -> str:
-    """``a satellite image of <class name in words>`` (the prompt used when no captions are given)."""
-    from captioning.names import plain_words
-
-    return f"a satellite image of {plain_words(name)}"
 
 
 def read_captions(folder: str | Path) -> dict[str, str]:

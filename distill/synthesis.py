@@ -38,6 +38,7 @@ from accelerate import PartialState
 from PIL import Image
 from tqdm.auto import tqdm
 
+from captioning.names import class_prompt
 from distill.artifacts import Stage, read_manifest
 from distill.atomic import temporary_sibling
 from distill.bundle import CLASSIFIER_FOLDER, DiffusionBundle, load_bundle
@@ -83,13 +84,6 @@ class Candidate:
     predicted: int | None
     nearest_key: str
     nearest_distance: float
-
-
-def class_prompt(name: str) -> str:
-    """``a satellite image of <class in words>``: ``HerbaceousVegetation`` -> herbaceous vegetation."""
-    from captioning.names import plain_words
-
-    return f"a satellite image of {plain_words(name)}"
 
 
 def candidate_seed(seed: int, target_id: str, number: int) -> int:

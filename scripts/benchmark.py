@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import EvalConfig, RunConfig, load_config
-from distill.data import load_dataset
+from distill.data import load_dataset, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -36,6 +36,11 @@ ABLATIONS: dict[str, list[str]] = {
     "img2img guidance (D4M)": ["synthesis.guidance=img2img"],
     "one candidate": ["synthesis.candidates=1"],
 }
+
+
+def tag(label: str) -> str:
+    """The folder-safe name of an ablation."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
 
 
 def run_config(dataset: str, ipc: int, work: Path, overrides: list[str], tag: str) -> RunConfig:
@@ -134,18 +139,25 @@ def stage_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict[str, Any], command: str, readme: bool) -> None:
+def record(new: dict[str, Any], command: str, readme: bool) -> dict[str, Any]:
+    """Merges `new` items (tagged with the command that made them) into scripts/results/benchmark.json, read
+    afresh so that benchmark processes run side by side keep each other's items, and rewrites the tables."""
+    path = RESULTS / "benchmark.json"
+    results = json.loads(path.read_text())["results"] if path.is_file() else {}
+    results.update({key: {**item, "command": command} for key, item in new.items()})
+    commands = sorted({item["command"] for item in results.values() if "command" in item})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "benchmark.json").write_text(json.dumps({"command": command, "results": results}, indent=2))
-    markdown = (f"# Benchmark (BENCHMARK.md protocol)\n\nProduced by `{command}`.\n\n{table(results)}\n\n"
+    write_text_atomic(path, json.dumps({"commands": commands, "results": results}, indent=2, default=str))
+    produced = "\n".join(f"    RSDISTILL_DATA=../shared/datasets {c}" for c in commands)
+    markdown = (f"# Benchmark (BENCHMARK.md protocol)\n\nProduced by\n\n{produced}\n\n{table(results)}\n\n"
                 f"## Stage wall time and peak memory\n\n{stage_table(results)}\n")
-    (RESULTS / "benchmark.md").write_text(markdown)
+    write_text_atomic(RESULTS / "benchmark.md", markdown)
     if readme:
-        path = HERE.parent / "README.md"
-        text = path.read_text()
+        readme_path = HERE.parent / "README.md"
         block = f"<!-- benchmark:start -->\n{table(results)}\n<!-- benchmark:end -->"
-        text = re.sub(r"<!-- benchmark:start -->.*<!-- benchmark:end -->", block, text, flags=re.S)
-        path.write_text(text)
+        text = re.sub(r"<!-- benchmark:start -->.*<!-- benchmark:end -->", block, readme_path.read_text(), flags=re.S)
+        readme_path.write_text(text)
+    return results
 
 
 def main() -> None:
@@ -155,14 +167,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True,
                         help="at IPC 10, the ablations of the distilled set")
+    parser.add_argument("--ablation", action="append", choices=[tag(label) for label in ABLATIONS],
+                        help="run only this ablation (repeatable; default: all of them)")
     parser.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="cached items and runs")
     parser.add_argument("--readme", action="store_true", help="regenerate README.md's results table")
     args = parser.parse_args()
     command = "python scripts/benchmark.py " + " ".join(
         [f"--datasets {' '.join(args.datasets)}", f"--ipcs {' '.join(map(str, args.ipcs))}",
-         f"--methods {' '.join(args.methods)}"] + ([] if args.ablations else ["--no-ablations"]))
-    results_path = RESULTS / "benchmark.json"
-    results = json.loads(results_path.read_text())["results"] if results_path.is_file() else {}
+         f"--methods {' '.join(args.methods)}"] + ([] if args.ablations else ["--no-ablations"])
+        + [f"--ablation {name}" for name in args.ablation or []])
     for name in args.datasets:
         dataset = load_dataset(name)
         evaluation = load_config(CONFIGS / f"{name}-ipc10.yaml").evaluation
@@ -170,20 +183,19 @@ def main() -> None:
             items = args.work / name / f"ipc{ipc}" / "items"
             if "distilled" in args.methods:
                 make = partial(distilled, name, ipc, args.work, [], "distilled")
-                results[f"{name}/{ipc}/distilled"] = scored(items / "distilled.json", make)
-                write_results(results, command, args.readme)
+                record({f"{name}/{ipc}/distilled": scored(items / "distilled.json", make)}, command, args.readme)
             baselines = [m for m in args.methods if m != "distilled"]
             if baselines:
                 make = partial(coresets, dataset, baselines, ipc, args.work, evaluation)
-                for method, result in scored(items / f"coresets-{'-'.join(baselines)}.json", make).items():
-                    results[f"{name}/{ipc}/{method}"] = result
-                write_results(results, command, args.readme)
+                made = scored(items / f"coresets-{'-'.join(baselines)}.json", make)
+                record({f"{name}/{ipc}/{method}": result for method, result in made.items()}, command, args.readme)
             if ipc == 10 and args.ablations and "distilled" in args.methods:
                 for label, overrides in ABLATIONS.items():
-                    tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-                    make = partial(distilled, name, ipc, args.work, overrides, tag)
-                    results[f"{name}/{ipc}/ablation: {label}"] = scored(items / f"ablation-{tag}.json", make)
-                    write_results(results, command, args.readme)
+                    if args.ablation and tag(label) not in args.ablation:
+                        continue
+                    make = partial(distilled, name, ipc, args.work, overrides, tag(label))
+                    made = scored(items / f"ablation-{tag(label)}.json", make)
+                    record({f"{name}/{ipc}/ablation: {label}": made}, command, args.readme)
     print((RESULTS / "benchmark.md").read_text())
 
 

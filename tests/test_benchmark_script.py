@@ -1,0 +1,42 @@
+"""The benchmark script's tables: figures are copied as measured (percent), never rescaled."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_shows_percent_accuracies_and_the_full_row() -> None:
+    benchmark = load_benchmark()
+    full = {"accuracy": 93.06}
+    results = {
+        "eurosat/10/random": {"accuracy_mean": 60.49, "accuracy_std": 0.78, "ratio_to_full": 0.65,
+                              "storage_ratio": None, "full": full},
+        "eurosat/1/herding": {"accuracy_mean": 28.5, "accuracy_std": 0.5, "ratio_to_full": None,
+                              "storage_ratio": 1.2e-4, "full": full},
+    }
+    lines = benchmark.table(results).splitlines()
+    assert lines[2] == "| eurosat | 1 | herding | 28.50 ± 0.50 | – | 1.20e-04 |"
+    assert lines[3] == "| eurosat | 10 | random | 60.49 ± 0.78 | 0.650 | – |"
+    assert lines[4] == "| eurosat | all | full | 93.06 | 1.000 | 1 |"
+
+
+def test_accuracy_of_picks_the_indexed_row_of_a_kind() -> None:
+    benchmark = load_benchmark()
+    report = {"rows": [
+        {"kind": "set", "accuracy": {"mean": 50.0, "std": 1.0, "runs": [49, 51]}},
+        {"kind": "baseline", "accuracy": {"mean": 40.0, "std": 2.0, "runs": [38, 42]}},
+        {"kind": "set", "accuracy": {"mean": 70.0, "std": 0.0, "runs": [70, 70]}, "n_images": 100},
+    ]}
+    assert benchmark.accuracy_of(report, "set", 1)["accuracy_mean"] == 70.0
+    assert benchmark.accuracy_of(report, "set", 1)["n_images"] == 100
+    assert benchmark.accuracy_of(report, "baseline")["accuracy_std"] == 2.0
