@@ -171,7 +171,13 @@ def main() -> None:
                         help="run only this ablation (repeatable; default: all of them)")
     parser.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="cached items and runs")
     parser.add_argument("--readme", action="store_true", help="regenerate README.md's results table")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only rewrite the tables (and, with --readme, README.md) from scripts/results")
     args = parser.parse_args()
+    if args.tables_only:
+        record({}, "", args.readme)
+        print((RESULTS / "benchmark.md").read_text())
+        return
     command = "python scripts/benchmark.py " + " ".join(
         [f"--datasets {' '.join(args.datasets)}", f"--ipcs {' '.join(map(str, args.ipcs))}",
          f"--methods {' '.join(args.methods)}"] + ([] if args.ablations else ["--no-ablations"])
