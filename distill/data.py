@@ -255,6 +255,20 @@ def write_text_atomic(path: Path, text: str) -> None:
         ) from None
 
 
+def save_npy_atomic(path: Path, array: np.ndarray, what: str = "", remedy: str = "RSDISTILL_CACHE") -> None:
+    """Saves `array` to `path` through a temporary file; a failure names `what` was written and the setting
+    (`remedy`) that moves it elsewhere."""
+    tmp = temporary_sibling(path, ".npy")
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise RSDistillError(
+            f"Could not write {what}{path}: {error.strerror}. Free space there or set {remedy} to another folder."
+        ) from None
+
+
 def load_folder_dataset(
     root: Path,
     name: str,
@@ -419,16 +433,7 @@ def load_images(
     skipped = sorted(set(keys) - set(kept_keys))
     labels = np.asarray([samples[i].label for i in kept], dtype=np.int64)
     array_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(array_path, ".npy")
-    try:
-        np.save(tmp, images)
-        os.replace(tmp, array_path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise RSDistillError(
-            f"Could not write the image cache {array_path}: {error.strerror}. Free space there or set "
-            "RSDISTILL_CACHE / data.cache_dir to another folder."
-        ) from None
+    save_npy_atomic(array_path, images, what="the image cache ", remedy="RSDISTILL_CACHE / data.cache_dir")
     write_text_atomic(index_path, json.dumps({"keys": kept_keys, "labels": labels.tolist(), "skipped": skipped}))
     return ImageArray(images, labels, kept_keys, skipped)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,9 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from distill.atomic import temporary_sibling
-from distill.data import SceneDataset, default_cache_root, write_text_atomic
-from distill.errors import RSDistillError
+from distill.data import SceneDataset, default_cache_root, save_npy_atomic, write_text_atomic
 from prototypes.encoders import Encoder
 
 CHUNK = 2048
@@ -41,19 +38,6 @@ def features_path(dataset: SceneDataset, split: str, resolution: int, encoder: E
     tag = hashlib.sha256(encoder.id.encode()).hexdigest()[:12]
     folder = default_cache_root() / "features" / f"{slug}-{dataset.fingerprint}"
     return folder / f"{split}-{resolution}px-{encoder_slug}-{tag}.npy"
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = temporary_sibling(path, ".npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise RSDistillError(
-            f"Could not write {path}: {error.strerror}. Free space there or set RSDISTILL_CACHE to another "
-            "folder."
-        ) from None
 
 
 def encode_split(

@@ -67,13 +67,18 @@ def accuracy_of(report: dict[str, Any], kind: str, index: int = 0) -> dict[str, 
             "uneven": row.get("uneven", False)}
 
 
-def score_sets(dataset: Any, set_dir: Path | None, ipc: int, evaluation: EvalConfig, out: Path) -> dict[str, Any]:
+def report_fields(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What every benchmark item keeps of its evaluation report besides the accuracy."""
+    return {"protocol": report["protocol_label"], "full": report["full"], "wall_s": report["wall_s"],
+            "report": str(out)}
+
+
+def score_set(dataset: Any, set_dir: Path, evaluation: EvalConfig, out: Path) -> dict[str, Any]:
+    """One set scored next to `full` (the random baseline is scored with the coresets)."""
     from evaluate.evaluation import evaluate_sets
 
-    config = replace(evaluation, baselines=["full"] if set_dir else ["random", "full"], ipc=[] if set_dir else [ipc])
-    report = evaluate_sets([set_dir] if set_dir else [], dataset, config, out)
-    return {**accuracy_of(report, "set" if set_dir else "baseline"), "protocol": report["protocol_label"],
-            "full": report["full"], "wall_s": report["wall_s"]}
+    report = evaluate_sets([set_dir], dataset, replace(evaluation, baselines=["full"], ipc=[]), out)
+    return {**accuracy_of(report, "set"), **report_fields(report, out)}
 
 
 def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag: str) -> dict[str, Any]:
@@ -85,7 +90,7 @@ def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag
     wall = time.perf_counter() - start
     stages = json.loads((Path(config.run_dir) / "stages.json").read_text())["stages"]
     dataset = load_dataset(config.data.dataset, root=config.data.root)
-    result = score_sets(dataset, set_dir, ipc, config.evaluation, Path(config.run_dir) / "report")
+    result = score_set(dataset, set_dir, config.evaluation, Path(config.run_dir) / "report")
     return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides}
 
 
@@ -108,8 +113,7 @@ def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation:
     baselines = ["random", "full"] if "random" in methods else ["full"]
     config = replace(evaluation, baselines=baselines, ipc=[ipc] if "random" in methods else [])
     report = evaluate_sets(set_dirs, dataset, config, out / "report")
-    common = {"protocol": report["protocol_label"], "full": report["full"], "wall_s": report["wall_s"],
-              "report": str(out / "report")}
+    common = report_fields(report, out / "report")
     results = {method: {**accuracy_of(report, "set", index), **common} for index, method in enumerate(selected)}
     if "random" in methods:
         results["random"] = {**accuracy_of(report, "baseline"), **common}
@@ -139,7 +143,7 @@ def stage_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def record(new: dict[str, Any], command: str, readme: bool) -> dict[str, Any]:
+def record(new: dict[str, Any], command: str, readme: bool) -> None:
     """Merges `new` items (tagged with the command that made them) into scripts/results/benchmark.json, read
     afresh so that benchmark processes run side by side keep each other's items, and rewrites the tables."""
     path = RESULTS / "benchmark.json"
@@ -157,7 +161,6 @@ def record(new: dict[str, Any], command: str, readme: bool) -> dict[str, Any]:
         block = f"<!-- benchmark:start -->\n{table(results)}\n<!-- benchmark:end -->"
         text = re.sub(r"<!-- benchmark:start -->.*<!-- benchmark:end -->", block, readme_path.read_text(), flags=re.S)
         readme_path.write_text(text)
-    return results
 
 
 def main() -> None:
