@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from captioning.aggregate import Group, PromptFitter, TextEmbedder, aggregate
 from captioning.attributes import AttributeCaptioner
 from captioning.names import scene_phrase
-from distill.artifacts import Stage
+from distill.artifacts import Stage, read_manifest
 from distill.config import CaptionConfig
 from distill.data import ImageArray, SceneDataset, write_text_atomic
 from distill.errors import RSDistillError
@@ -96,6 +96,27 @@ def read_partial(path: Path) -> dict[str, dict[str, str]]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     return done
+
+
+def seed_partial(source: Path, stage: Stage, partial: Path, keys: set[str]) -> None:
+    """Writes the captions of `source`, a finished stage with the same settings, as if made by this one."""
+    manifest = read_manifest(source)
+    if manifest is None:
+        raise RSDistillError(f"{source} has no manifest: it is not a finished captions stage; rebuild it.")
+    settings = json.loads(json.dumps({**stage.config, "data": stage.inputs["data"]}, default=str))
+    theirs = {**manifest.get("config", {}), "data": manifest.get("inputs", {}).get("data")}
+    differing = sorted(name for name in settings if settings[name] != theirs.get(name))
+    if differing:
+        raise RSDistillError(
+            f"Cannot reuse the captions of {source}: its {', '.join(differing)} differ from this stage's. "
+            "Caption with the same settings, or leave captions_from out."
+        )
+    with partial.open("w") as sink:
+        for line in (source / METADATA).read_text().splitlines():
+            record = json.loads(line)
+            if record["file_name"] in keys:
+                entry = {"key": record["file_name"], "text": record["text"], "captioner": record["captioner"]}
+                sink.write(json.dumps(entry) + "\n")
 
 
 def caption_images(
@@ -182,6 +203,7 @@ def run_captions(
     cache_dir: str | Path | None = None,
     on_bad_image: str = "stop",
     device: str = "auto",
+    captions_from: str | Path | None = None,
 ) -> Path:
     """Builds (or finds done) the captions stage folder `out`.
 
@@ -195,6 +217,8 @@ def run_captions(
         cache_dir: Decoded-image cache folder (default: the data layer's).
         on_bad_image: `stop` (name the unreadable file) or `skip` (leave it out, counted in the manifest).
         device: Device of the vision-language model and the text embedder.
+        captions_from: A finished captions stage of the same dataset made with the same settings (e.g. the
+            run's shared per-image captions): its captions are taken instead of captioning the images again.
 
     Returns:
         The finished stage folder.
@@ -221,6 +245,8 @@ def run_captions(
             raise RSDistillError("The images decoded at the two resolutions differ; clear the image cache.")
     extra: dict[str, Any] = {}
     with stage.build(extra) as work:
+        if captions_from is not None:
+            seed_partial(Path(captions_from), stage, work / PARTIAL, set(base.keys))
         captioner = build_captioner(config, dataset.classes, device)
         fallback = (
             captioner

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from captioning.names import class_prompt
 from distill.bundle import DiffusionBundle
-from distill.data import ImageArray, SceneDataset, default_cache_root
+from distill.data import ImageArray, SceneDataset, default_cache_root, save_npy_atomic
 from distill.errors import RSDistillError
 from distill.latent_classifier import dihedral
 
@@ -53,12 +54,12 @@ def train_prompts(keys: Sequence[str], labels: np.ndarray, classes: list[str], c
     return [texts[key] for key in keys]
 
 
-def vae_digest(bundle: DiffusionBundle) -> str:
+def vae_digest(vae: AutoencoderKL) -> str:
     """Identifies a VAE by its weights and public config, so its latents are cached once across bundles."""
     # Private config keys (`_name_or_path`, `_diffusers_version`...) change on save and load; they are left out.
-    config = {key: value for key, value in bundle.vae.config.items() if not key.startswith("_")}
+    config = {key: value for key, value in vae.config.items() if not key.startswith("_")}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(bundle.vae.state_dict().items()):
+    for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -82,17 +83,19 @@ def latents_tag(dataset: SceneDataset, split: str, resolution: int) -> str:
     return f"{dataset.fingerprint}-{split}-{resolution}px"
 
 
+def latents_cache_path(vae: AutoencoderKL, tag: str) -> Path:
+    """Where the latents named by `tag` (see `latents_tag`) of this VAE are cached."""
+    return default_cache_root() / "latents" / f"{tag}-{vae_digest(vae)}.npy"
+
+
 def cached_latents(bundle: DiffusionBundle, array: ImageArray, tag: str, progress: bool = True) -> np.ndarray:
     """Latents of `array` (see `latents_tag`), read from the cache when this VAE encoded this data before."""
-    folder = default_cache_root() / "latents"
-    path = folder / f"{tag}-{vae_digest(bundle)}.npy"
+    path = latents_cache_path(bundle.vae, tag)
     if path.is_file():
         return np.load(path, mmap_mode="r")
     latents = encode_latents(bundle, array.images, progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, latents)
-    tmp.replace(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_npy_atomic(path, latents, "latents to ")
     return latents
 
 

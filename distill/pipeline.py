@@ -145,7 +145,7 @@ class Run:
         self.record("prototypes", folder)
         return folder
 
-    def prompts(self, prototypes: Path) -> Path | None:
+    def prompts(self, prototypes: Path, captions: Path | None) -> Path | None:
         if self.config.generator.prompts != "captions":
             return None
         from captioning import run_captions
@@ -153,7 +153,7 @@ class Run:
         folder = run_captions(self.dataset, self.config.captions, self.run_dir / "prompts",
                               resolution=self.config.data.resolution, prototypes=prototypes,
                               cache_dir=self.config.data.cache_dir, on_bad_image=self.config.data.on_bad_image,
-                              device=self.config.device)
+                              device=self.config.device, captions_from=captions)
         self.record("prompts", folder)
         return folder
 
@@ -207,7 +207,7 @@ def run_pipeline(config: RunConfig, evaluate: bool = True) -> Path:
     captions = run.image_captions()
     bundle = run.generator(base, classifier, captions)
     prototypes = run.prototypes(bundle)
-    prompts = run.prompts(prototypes)
+    prompts = run.prompts(prototypes, captions)
     set_dir = run.synthesis(bundle, prototypes, prompts)
     distill_wall = time.perf_counter() - start
     write_text_atomic(run.run_dir / "stages.json", json.dumps(

@@ -77,12 +77,15 @@ class Encoder:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    @torch.inference_mode()
-    def encode(self, images: np.ndarray, progress: bool = True) -> np.ndarray:
-        """Features of `images` (uint8, N x H x W x 3), float32 (N, D)."""
+    def ensure_loaded(self) -> None:
         if not self._loaded:
             self.load()
             self._loaded = True
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray, progress: bool = True) -> np.ndarray:
+        """Features of `images` (uint8, N x H x W x 3), float32 (N, D)."""
+        self.ensure_loaded()
         chunks = []
         starts = range(0, len(images), self.batch_size)
         for start in tqdm(
@@ -138,10 +141,15 @@ class VAEEncoder(Encoder):
 
         self.vae = AutoencoderKL.from_pretrained(self.path).to(self.device).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
+        self.shift_factor = float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = (x / 127.5 - 1.0).to(self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mean * self.scaling_factor
+        mean = self.vae.encode(pixels).latent_dist.mean
+        return self.pool_latents((mean - self.shift_factor) * self.scaling_factor)
+
+    def pool_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Features of scaled latents (N, C, h, w), as `DiffusionBundle.encode_images` returns them."""
         pooled = F.adaptive_avg_pool2d(latents.float(), self.pool).flatten(1)
         return F.normalize(pooled, dim=1)
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from distill.data import SceneDataset, default_cache_root, save_npy_atomic, write_text_atomic
-from prototypes.encoders import Encoder
+from prototypes.encoders import Encoder, VAEEncoder
 
 CHUNK = 2048
 
@@ -29,6 +30,28 @@ class Features:
     features: np.ndarray  # float32, (N, D)
     labels: np.ndarray  # int64, (N,)
     keys: list[str]
+
+
+def pool_cached_latents(
+    dataset: SceneDataset, split: str, resolution: int, encoder: VAEEncoder, count: int
+) -> np.ndarray | None:
+    """VAE features from the split's latents that generator training cached for the same VAE, or None.
+
+    The base generator stage encodes the train split once; pooling those latents gives exactly what
+    encoding the images again would (the same posterior means), without running the encoder.
+    """
+    from distill.finetune_data import latents_cache_path, latents_tag
+
+    encoder.ensure_loaded()
+    path = latents_cache_path(encoder.vae, latents_tag(dataset, split, resolution))
+    if not path.is_file():
+        return None
+    latents = np.load(path, mmap_mode="r")
+    if len(latents) != count:  # made from another selection of readable images
+        return None
+    chunks = [encoder.pool_latents(torch.from_numpy(np.array(latents[start : start + CHUNK]))).numpy()
+              for start in range(0, count, CHUNK)]
+    return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def features_path(dataset: SceneDataset, split: str, resolution: int, encoder: Encoder) -> Path:
@@ -64,6 +87,10 @@ def encode_split(
         index = json.loads(index_path.read_text())
         return Features(np.load(path), np.asarray(index["labels"], dtype=np.int64), index["keys"])
     images = dataset.images(split, resolution, cache_dir=cache_dir, on_bad_image=on_bad_image)
+    if isinstance(encoder, VAEEncoder):
+        pooled = pool_cached_latents(dataset, split, resolution, encoder, len(images))
+        if pooled is not None:
+            return Features(pooled, images.labels, list(images.keys))
     partial = path.with_name(f".{path.stem}.partial")
     partial.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(images), CHUNK)

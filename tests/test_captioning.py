@@ -232,6 +232,27 @@ def test_prototypes_of_another_dataset_are_refused(
         )
 
 
+def test_prompts_reuse_the_shared_captions_and_refuse_other_settings(
+    dataset_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = load_dataset(f"imagefolder:{dataset_root}")
+    protos = write_prototypes(tmp_path / "prototypes", dataset)
+    shared = run_captions(dataset, CaptionConfig(), tmp_path / "shared", resolution=32)
+    fresh = run_captions(dataset, CaptionConfig(), tmp_path / "fresh", resolution=32, prototypes=protos)
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the images were captioned again")
+
+    monkeypatch.setattr(AttributeCaptioner, "caption", refuse)
+    reused = run_captions(dataset, CaptionConfig(), tmp_path / "reused", resolution=32, prototypes=protos,
+                          captions_from=shared)
+    assert load_prompts(reused) == load_prompts(fresh)
+    assert load_captions(reused) == load_captions(shared)
+    with pytest.raises(RSDistillError, match="its max_prompt_tokens differ"):
+        run_captions(dataset, CaptionConfig(max_prompt_tokens=20), tmp_path / "other", resolution=32,
+                     prototypes=protos, captions_from=shared)
+
+
 class Interrupting:
     """Wraps a captioner: small batches, and a KeyboardInterrupt after `stop_after` of them."""
 

@@ -133,3 +133,30 @@ def test_feature_cache_reuses_and_resumes(
     resumed = encode_split(dataset, "train", 16, encoder)
     assert calls == [5, 3] and np.array_equal(resumed.features, first.features)
     assert not partial.exists()
+
+
+def test_vae_features_come_from_the_generator_latents_cache(
+    make_imagefolder: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distill.bundle import DiffusionBundle
+    from distill.finetune_data import cached_latents, latents_tag
+    from prototypes.encoders import VAEEncoder
+
+    dataset = load_dataset(f"imagefolder:{make_imagefolder()}")
+    folder = save_tiny_vae(tmp_path / "vae")
+    fresh = encode_split(dataset, "train", 32, load_encoder(f"vae:{folder}", pool=2), cache_dir=None)
+
+    encoder = load_encoder(f"vae:{folder}", pool=2)
+    encoder.ensure_loaded()
+    train = dataset.images("train", 32)
+    bundle = DiffusionBundle(encoder.vae, None, None, None, None, path="")  # type: ignore[arg-type]
+    cached_latents(bundle, train, latents_tag(dataset, "train", 32), progress=False)
+    features_path(dataset, "train", 32, encoder).unlink()
+
+    def refuse(self: VAEEncoder, x: object) -> None:
+        raise AssertionError("the images were encoded again")
+
+    monkeypatch.setattr(VAEEncoder, "forward", refuse)
+    reused = encode_split(dataset, "train", 32, encoder, cache_dir=None)
+    assert reused.keys == fresh.keys and np.array_equal(reused.labels, fresh.labels)
+    assert np.allclose(reused.features, fresh.features, atol=1e-5)
