@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distill.xbd",
     "prototypes.cli",
     "distill.synthesis_cli",
+    "distill.refine_cli",
     "captioning.cli",
     "evaluate.cli",
     "distill.generator_cli",

@@ -167,3 +167,15 @@ def read_image_set(set_dir: str | Path, classes: list[str], resolution: int | No
         raise RSDistillError(f"Images of {set_dir} differ in size ({sorted(shapes)}); pass a resolution to read it.")
     labels = np.asarray([index[str(r["label"])] for r in records], dtype=np.int64)
     return ImageSet(np.stack(arrays), labels, list(classes), records, set_dir)
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, columns: int = 10) -> np.ndarray:
+    """One row per class with its first `columns` images (black where a class has fewer), 2 px gaps."""
+    size = images.shape[1]
+    cell = size + 2
+    grid = np.zeros((num_classes * cell + 2, columns * cell + 2, 3), dtype=np.uint8)
+    for label in range(num_classes):
+        for column, index in enumerate(np.flatnonzero(labels == label)[:columns]):
+            y, x = 2 + label * cell, 2 + column * cell
+            grid[y : y + size, x : x + size] = images[index]
+    return grid

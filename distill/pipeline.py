@@ -6,7 +6,7 @@ in a shared folder keyed by their fingerprint, so one generator trained per data
     <shared_dir>/<dataset>/base-<fp>/          from-scratch bundle (VAE + UNet + text encoder) + latent classifier
     <shared_dir>/<dataset>/captions-<fp>/      one caption per train image
     <shared_dir>/<dataset>/generator-<fp>/     the fine-tuned bundle (checkpoints while training)
-    <run_dir>/prototypes/  <run_dir>/prompts/  <run_dir>/synthesis/set/  <run_dir>/report/
+    <run_dir>/prototypes/  <run_dir>/prompts/  <run_dir>/synthesis/set/  <run_dir>/refine/set/  <run_dir>/report/
 """
 
 from __future__ import annotations
@@ -168,6 +168,19 @@ class Run:
         self.record("synthesis", self.run_dir / "synthesis")
         return set_dir
 
+    # Stage 5b: distribution matching against the real train images (0 iterations: the set as synthesized).
+    def refinement(self, set_dir: Path) -> Path:
+        if self.config.refine.iterations == 0:
+            return set_dir
+        from distill.refine import refine_set
+
+        folder = self.run_dir / "refine"
+        refined = refine_set(set_dir, self.dataset, self.config.refine, folder, seed=self.config.seed,
+                             resolution=self.config.data.resolution, cache_dir=self.config.data.cache_dir,
+                             device=self.config.device, inputs={"synthesis": fingerprint_of(set_dir.parent)})
+        self.record("refine", folder)
+        return refined
+
     def evaluation(self, set_dir: Path) -> Path:
         from evaluate.evaluation import evaluate_sets
 
@@ -208,7 +221,7 @@ def run_pipeline(config: RunConfig, evaluate: bool = True) -> Path:
     bundle = run.generator(base, classifier, captions)
     prototypes = run.prototypes(bundle)
     prompts = run.prompts(prototypes, captions)
-    set_dir = run.synthesis(bundle, prototypes, prompts)
+    set_dir = run.refinement(run.synthesis(bundle, prototypes, prompts))
     distill_wall = time.perf_counter() - start
     write_text_atomic(run.run_dir / "stages.json", json.dumps(
         {"stages": run.timings, "wall_time_s_this_invocation": round(distill_wall, 1)}, indent=2))

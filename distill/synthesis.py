@@ -45,7 +45,7 @@ from distill.bundle import CLASSIFIER_FOLDER, DiffusionBundle, load_bundle
 from distill.config import SynthesisConfig
 from distill.data import SceneDataset, to_rgb_resized, write_text_atomic
 from distill.errors import RSDistillError
-from distill.imageset import write_image_set
+from distill.imageset import sample_grid, write_image_set
 from distill.latent_classifier import LatentClassifier
 from distill.near_copy import NearestReal
 from distill.runtime import resolve_device
@@ -426,18 +426,6 @@ def finished(work: Path, count: int) -> dict[int, dict[str, Any]]:
         if record_path.is_file() and png.is_file():
             done[index] = json.loads(record_path.read_text())
     return done
-
-
-def sample_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, columns: int = 10) -> np.ndarray:
-    """One row per class with its first `columns` images (black where a class has fewer), 2 px gaps."""
-    size = images.shape[1]
-    cell = size + 2
-    grid = np.zeros((num_classes * cell + 2, columns * cell + 2, 3), dtype=np.uint8)
-    for label in range(num_classes):
-        for column, index in enumerate(np.flatnonzero(labels == label)[:columns]):
-            y, x = 2 + label * cell, 2 + column * cell
-            grid[y : y + size, x : x + size] = images[index]
-    return grid
 
 
 def write_outputs(

@@ -12,6 +12,7 @@ TINY = [
     "--max_train_steps", "2", "--num_inference_steps", "2", "--candidates", "2", "--runs", "1", "--steps", "3",
     "generator.classifier_steps=2", "generator.vae_steps=2", "generator.checkpointing_steps=1",
     "generator.train_batch_size=2", "evaluation.compile=false", "evaluation.baselines=random",
+    "refine.iterations=2", "refine.width=8", "refine.compile=false",
 ]
 
 
@@ -30,12 +31,14 @@ def test_run_with_a_pretrained_bundle_then_skips_done_stages(make_imagefolder, t
     assert sorted(r["label"] for r in records) == ["forest", "lake", "town"]
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert {row["kind"] for row in report["rows"]} == {"set", "baseline"}
-    stamps = {p.name: finished_at(p) for p in [*shared.glob("*/*-*"), run_dir / "prototypes", run_dir / "synthesis"]}
+    scored = [row for row in report["rows"] if row["kind"] == "set"]
+    assert Path(scored[0]["path"]) == run_dir / "refine" / "set"  # the refined set is the one scored
+    done = [*shared.glob("*/*-*"), run_dir / "prototypes", run_dir / "synthesis", run_dir / "refine"]
+    stamps = {p.name: finished_at(p) for p in done}
     assert main(args) == 0  # everything done: nothing is rebuilt
-    assert stamps == {p.name: finished_at(p) for p in [*shared.glob("*/*-*"), run_dir / "prototypes",
-                                                       run_dir / "synthesis"]}
+    assert stamps == {p.name: finished_at(p) for p in done}
     stages = json.loads((run_dir / "stages.json").read_text())["stages"]
-    assert {"base", "captions", "generator", "prototypes", "prompts", "synthesis"} <= set(stages)
+    assert {"base", "captions", "generator", "prototypes", "prompts", "synthesis", "refine"} <= set(stages)
 
 
 def test_scratch_generator_is_shared_between_ipcs(make_imagefolder, tmp_path: Path) -> None:

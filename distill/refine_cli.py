@@ -1,0 +1,51 @@
+"""`rsdistill refine`: distribution-matching refinement of a set against the real train images (stage 5b)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from distill.cli import add_data_arguments, dataset_from_args
+from distill.config import RefineConfig
+
+HELP = {
+    "iterations": "matching iterations (each with a new random network, real batch and augmentation)",
+    "width": "channels of the random ConvNets",
+    "depth": "blocks of the random ConvNets",
+    "real_per_class": "real train images per class in each iteration",
+    "learning_rate": "SGD step on the normalised pixels",
+    "momentum": "SGD momentum",
+    "checkpoint_every": "iterations between checkpoints (an interrupted run resumes from the last)",
+    "compile": "run the networks through torch.compile",
+}
+
+
+def cmd_refine(args: argparse.Namespace) -> None:
+    from distill.refine import refine_set
+
+    config = RefineConfig(**{field.name: getattr(args, field.name) for field in fields(RefineConfig)})
+    set_dir = refine_set(args.set_dir, dataset_from_args(args), config, args.out, seed=args.seed,
+                         resolution=args.resolution, cache_dir=args.cache_dir, device=args.device)
+    print(f"refined set: {set_dir}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("refine", help="refine a set by distribution matching (stage 5b)",
+                                   description=__doc__)
+    parser.add_argument("set_dir", help="the set to refine (e.g. a synthesis stage's set/ folder)")
+    parser.add_argument("--out", required=True, help="stage folder to write (the set goes to OUT/set)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    group = parser.add_argument_group("refinement")
+    defaults = RefineConfig()
+    for field in fields(RefineConfig):
+        flags = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                               help=HELP[field.name])
+        else:
+            group.add_argument(*flags, dest=field.name, type=type(default), default=default,
+                               help=f"{HELP[field.name]} (default {default})")
+    add_data_arguments(parser)
+    parser.set_defaults(func=cmd_refine)

@@ -1,0 +1,123 @@
+"""Distribution-matching refinement: the matching itself, its resume, the stage folder and the command."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.artifacts import read_manifest
+from distill.cli import main
+from distill.config import RefineConfig
+from distill.data import ImageArray, load_dataset
+from distill.errors import RSDistillError
+from distill.imageset import read_image_set, write_image_set
+from distill.refine import DistributionMatcher, refine_images, refine_set
+
+TINY = RefineConfig(iterations=6, width=8, depth=2, real_per_class=4, checkpoint_every=2, compile=False)
+
+
+def tinted(label: int, n: int, seed: int) -> np.ndarray:
+    """Noisy 16 px images whose mean colour depends on the class."""
+    rng = np.random.default_rng(seed)
+    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]][label], dtype=np.float32)
+    return np.clip(base + rng.normal(0, 30, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def real() -> ImageArray:
+    images = np.concatenate([tinted(label, 8, label) for label in range(3)])
+    labels = np.repeat(np.arange(3), 8)
+    return ImageArray(images, labels, [f"k{i}" for i in range(len(labels))])
+
+
+def grey_set() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(9)
+    return rng.integers(100, 156, (6, 16, 16, 3), dtype=np.uint8), np.repeat(np.arange(3), 2)
+
+
+def test_matching_lowers_the_loss_and_moves_images_toward_their_class(real: ImageArray) -> None:
+    images, labels = grey_set()
+    config = replace(TINY, iterations=40, learning_rate=2.0)
+    refined, report = refine_images(images, labels, real, 3, config, seed=0, progress=False)
+    assert refined.shape == images.shape and refined.dtype == np.uint8
+    assert report["loss_last_10_mean"] < report["loss_first"]
+    # The red class's images became redder than the blue class's.
+    red = refined[labels == 0].astype(float).mean(axis=(0, 1, 2))
+    blue = refined[labels == 2].astype(float).mean(axis=(0, 1, 2))
+    assert red[0] - red[2] > blue[0] - blue[2]
+
+
+def test_same_seed_same_images_and_interrupted_run_resumes_to_them(
+    real: ImageArray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, labels = grey_set()
+    first, _ = refine_images(images, labels, real, 3, TINY, seed=3, progress=False)
+    again, _ = refine_images(images, labels, real, 3, TINY, seed=3, progress=False)
+    assert np.array_equal(first, again)
+    other, _ = refine_images(images, labels, real, 3, TINY, seed=4, progress=False)
+    assert not np.array_equal(first, other)
+
+    original = DistributionMatcher.loss
+
+    def interrupt_at_four(self: DistributionMatcher, synthetic: torch.Tensor, means: torch.Tensor,
+                          iteration: int) -> torch.Tensor:
+        if iteration == 4:
+            raise KeyboardInterrupt
+        return original(self, synthetic, means, iteration)
+
+    state = tmp_path / "state.pt"
+    monkeypatch.setattr(DistributionMatcher, "loss", interrupt_at_four)
+    with pytest.raises(KeyboardInterrupt):
+        refine_images(images, labels, real, 3, TINY, seed=3, state_path=state, progress=False)
+    assert torch.load(state)["iteration"] == 4
+    monkeypatch.setattr(DistributionMatcher, "loss", original)
+    resumed, report = refine_images(images, labels, real, 3, TINY, seed=3, state_path=state, progress=False)
+    assert report["iterations_this_run"] == 2
+    assert np.array_equal(resumed, first)
+
+
+def test_stage_writes_a_set_with_its_records_and_is_kept_when_done(
+    make_imagefolder: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_imagefolder(size=16)
+    dataset = load_dataset(f"imagefolder:{root}")
+    images, labels = grey_set()
+    records = [{"method": "synthesized", "text": f"prompt {i}"} for i in range(len(labels))]
+    source = write_image_set(tmp_path / "synthesis" / "set", images, labels, dataset.classes, records,
+                             [f"{dataset.classes[label]}_{i:05d}" for i, label in enumerate(labels)])
+    out = refine_set(source, dataset, TINY, tmp_path / "refine", resolution=16)
+    refined = read_image_set(out, dataset.classes)
+    assert np.array_equal(refined.labels, labels) and not np.array_equal(refined.images, images)
+    assert [r["text"] for r in refined.records] == [r["text"] for r in records]
+    assert all(r["refined"] == "distribution-matching" for r in refined.records)
+    manifest = read_manifest(tmp_path / "refine")
+    assert manifest["iterations"] == 6 and manifest["images"] == 6
+    assert (tmp_path / "refine" / "sample_grid.png").is_file()
+    assert not (tmp_path / "refine" / "refine_state.pt").exists()
+    assert refine_set(source, dataset, TINY, tmp_path / "refine", resolution=16) == out
+    assert read_manifest(tmp_path / "refine")["finished_at"] == manifest["finished_at"]
+
+    argv = ["refine", str(source), "--out", str(tmp_path / "cli"), "--dataset", f"imagefolder:{root}",
+            "--resolution", "16", "--iterations", "2", "--width", "8", "--depth", "2", "--real_per_class", "4",
+            "--no-compile"]
+    assert main(argv) == 0
+    assert "refined set:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["iterations"] == 2
+
+
+def test_bad_settings_are_named(
+    real: ImageArray, make_imagefolder: Callable[..., Path], tmp_path: Path
+) -> None:
+    images, labels = grey_set()
+    dataset = load_dataset(f"imagefolder:{make_imagefolder(size=16)}")
+    with pytest.raises(RSDistillError, match=r"refine\.iterations"):
+        refine_set(tmp_path, dataset, replace(TINY, iterations=0), tmp_path / "x")
+    missing = ImageArray(real.images[:16], real.labels[:16], real.keys[:16])  # class 2 has no real image
+    with pytest.raises(RSDistillError, match="class 2 has none"):
+        refine_images(images, labels, missing, 3, TINY, progress=False)
