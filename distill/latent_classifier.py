@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from distill.data import write_text_atomic
 from distill.errors import RSDistillError
+from distill.runtime import bf16_supported
 
 Array = torch.Tensor | np.ndarray
 CONFIG_NAME = "config.json"
@@ -156,6 +157,7 @@ def train_latent_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    precision: str = "auto",
 ) -> tuple[LatentClassifier, dict[str, list[float]]]:
     """Trains a latent classifier; with a validation split, keeps the weights that scored best on it.
 
@@ -176,6 +178,8 @@ def train_latent_classifier(
         seed: Seeds the weights, batch order and augmentation.
         device: Where to train.
         progress: Show a progress bar.
+        precision: ``bf16`` (autocast, fp32 weights), ``fp32``, or ``auto``: bf16 where the device runs it
+            natively (about twice as fast on a CPU with avx512_bf16).
 
     Returns:
         The trained model (eval mode, on CPU) and its history (`step`, `loss`, `val_accuracy`).
@@ -186,6 +190,10 @@ def train_latent_classifier(
         raise RSDistillError(
             f"Latent classifier needs latents (N, C, h, w) and N labels; got {tuple(latents.shape)}."
         )
+    if precision not in ("auto", "bf16", "fp32"):
+        raise RSDistillError(f"Latent classifier precision {precision!r} is unknown; use auto, bf16 or fp32.")
+    device = torch.device(device)
+    autocast = precision == "bf16" or (precision == "auto" and bf16_supported(device))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     config = LatentClassifierConfig(latents.shape[1], len(classes), width, norm=norm, classes=list(classes),
@@ -208,8 +216,9 @@ def train_latent_classifier(
         if augment:
             batch = dihedral(batch, torch.randint(0, 8, (len(batch),), generator=generator))
         model.train()
-        logits = model(batch.to(device))
-        loss = F.cross_entropy(logits, labels[index].to(device), label_smoothing=label_smoothing)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(batch.to(device))
+        loss = F.cross_entropy(logits.float(), labels[index].to(device), label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

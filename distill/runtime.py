@@ -16,6 +16,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively (CPU: avx512_bf16 or AMX; GPU: Ampere or later)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seeds Python, NumPy and torch; returns a CPU generator seeded the same way."""
     random.seed(seed)

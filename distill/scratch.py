@@ -46,7 +46,7 @@ class ScratchPreset:
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_attention_heads: int = 8
     text_max_length: int = 64
-    classifier_steps: int = 1500
+    classifier_steps: int = 3000
     classifier_batch_size: int = 128
     classifier_width: int = 32
     classifier_val_fraction: float = 0.1
@@ -59,7 +59,7 @@ class ScratchPreset:
 PRESETS: dict[str, ScratchPreset] = {
     "scratch-cpu": ScratchPreset(),
     "scratch-gpu": ScratchPreset(vae_channels=(64, 128, 128), vae_steps=6000, vae_crop=64,
-                                 unet_channels=(128, 256, 256), classifier_steps=3000),
+                                 unet_channels=(128, 256, 256)),
 }
 
 

@@ -27,18 +27,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.errors import RSDistillError
+from distill.runtime import bf16_supported
 from evaluate.augment import augment
 from evaluate.networks import MODELS, build_network
 
 LABELS = ("hard", "soft")
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 matrix products run natively (CPU: avx512_bf16 or AMX; GPU: Ampere or later)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @dataclass(frozen=True)

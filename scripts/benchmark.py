@@ -7,13 +7,15 @@ For every dataset and IPC it scores, by the one protocol (ConvNet-3, 500 steps, 
 (`rsdistill run` with `scripts/configs/<dataset>-ipc<k>.yaml`), the coresets random / herding / kcenter /
 kmeans (herding and k-center in the penultimate features of the `full` ConvNet-3, as BENCHMARK.md defines
 them; k-means medoids in the same space), and `full`. At IPC 10 it adds the ablations. Each scored item is
-kept as JSON under --work, so an interrupted benchmark resumes and a partial one can be extended; the merged
+kept as JSON under --work (a distilled item under a hash of its effective config, so a changed config is
+scored again), so an interrupted benchmark resumes and a partial one can be extended; the merged
 table goes to scripts/results/benchmark.{json,md} (no images) and, with --readme, into README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import time
@@ -22,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from distill.config import EvalConfig, RunConfig, load_config
+from distill.config import EvalConfig, RunConfig, dump_config, load_config
 from distill.data import load_dataset, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +37,7 @@ ABLATIONS: dict[str, list[str]] = {
     "no prototype guidance": ["synthesis.guidance=none"],
     "img2img guidance (D4M)": ["synthesis.guidance=img2img"],
     "one candidate": ["synthesis.candidates=1"],
+    "no refinement": ["refine.iterations=0"],
 }
 
 
@@ -46,6 +49,12 @@ def tag(label: str) -> str:
 def run_config(dataset: str, ipc: int, work: Path, overrides: list[str], tag: str) -> RunConfig:
     config = load_config(CONFIGS / f"{dataset}-ipc{ipc}.yaml", overrides)
     return replace(config, run_dir=str(work / dataset / f"ipc{ipc}" / tag), shared_dir=str(work / "shared"))
+
+
+def config_tag(dataset: str, ipc: int, overrides: list[str]) -> str:
+    """Short hash of a run's effective config (its folders left out): a changed config is scored afresh."""
+    config = replace(load_config(CONFIGS / f"{dataset}-ipc{ipc}.yaml", overrides), run_dir="", shared_dir=None)
+    return hashlib.sha256(dump_config(config).encode()).hexdigest()[:10]
 
 
 def scored(path: Path, make: Any) -> dict[str, Any]:
@@ -192,7 +201,8 @@ def main() -> None:
             items = args.work / name / f"ipc{ipc}" / "items"
             if "distilled" in args.methods:
                 make = partial(distilled, name, ipc, args.work, [], "distilled")
-                record({f"{name}/{ipc}/distilled": scored(items / "distilled.json", make)}, command, args.readme)
+                made = scored(items / f"distilled-{config_tag(name, ipc, [])}.json", make)
+                record({f"{name}/{ipc}/distilled": made}, command, args.readme)
             baselines = [m for m in args.methods if m != "distilled"]
             if baselines:
                 make = partial(coresets, dataset, baselines, ipc, args.work, evaluation)
@@ -203,7 +213,7 @@ def main() -> None:
                     if args.ablation and tag(label) not in args.ablation:
                         continue
                     make = partial(distilled, name, ipc, args.work, overrides, tag(label))
-                    made = scored(items / f"ablation-{tag(label)}.json", make)
+                    made = scored(items / f"ablation-{tag(label)}-{config_tag(name, ipc, overrides)}.json", make)
                     record({f"{name}/{ipc}/ablation: {label}": made}, command, args.readme)
     print((RESULTS / "benchmark.md").read_text())
 
