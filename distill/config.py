@@ -136,7 +136,7 @@ class RefineConfig:
     `torch.compile` (about twice as fast on a CPU after a one-off compilation).
     """
 
-    iterations: int = 300
+    iterations: int = 150
     width: int = 32
     depth: int = 3
     real_per_class: int = 64

@@ -46,7 +46,7 @@ class ScratchPreset:
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_attention_heads: int = 8
     text_max_length: int = 64
-    classifier_steps: int = 3000
+    classifier_steps: int = 4000
     classifier_batch_size: int = 128
     classifier_width: int = 32
     classifier_val_fraction: float = 0.1
