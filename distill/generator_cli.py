@@ -10,6 +10,7 @@ from pathlib import Path
 
 from distill.cli import add_data_arguments, dataset_from_args
 from distill.errors import RSDistillError
+from distill.latent_classifier import DEFAULT_CLASSIFIER_STEPS
 
 FINETUNE_HELP = {
     "pretrained_model_name_or_path": "diffusers folder or hub id (SD 1.x/2.x, Text2Earth, a scratch bundle)",
@@ -132,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(classifier)
     classifier.add_argument("--pretrained_model_name_or_path", required=True)
     classifier.add_argument("--output_dir", help="default: <bundle>/latent_classifier")
-    classifier.add_argument("--classifier_steps", type=int, default=1500)
+    classifier.add_argument("--classifier_steps", type=int, default=DEFAULT_CLASSIFIER_STEPS)
     classifier.add_argument("--seed", type=int, default=0)
     classifier.set_defaults(func=cmd_generator_classifier)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.artifacts import Stage, fingerprint, read_manifest
-from distill.config import RunConfig, dump_config, to_dict
+from distill.config import GeneratorConfig, RunConfig, dump_config, to_dict
 from distill.data import SceneDataset, load_dataset, stratified_holdout, write_text_atomic
 from distill.errors import RSDistillError
 from distill.runtime import resolve_device, seed_everything
@@ -63,7 +63,7 @@ class Run:
         from distill.bundle import CLASSIFIER_FOLDER
 
         g = self.config.generator
-        settings = {k: v for k, v in asdict(g).items() if k in BASE_SETTINGS}
+        settings = base_settings(g)
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
         folder = self.shared_path("base", settings, inputs)
         stage = Stage(folder.parent, folder.name, settings, inputs)
@@ -87,7 +87,7 @@ class Run:
             return
         from distill.bundle import CLASSIFIER_FOLDER, load_bundle
         from distill.finetune_data import encode_latents
-        from distill.latent_classifier import train_latent_classifier
+        from distill.latent_classifier import DEFAULT_CLASSIFIER_STEPS, train_latent_classifier
 
         bundle = load_bundle(g.pretrained_model_name_or_path, g.class_labels_value)
         train = self.dataset.images("train", g.resolution, cache_dir=data.cache_dir)
@@ -95,7 +95,8 @@ class Run:
         kept, held = stratified_holdout(train.labels, data.val_fraction, self.config.seed)
         model, _ = train_latent_classifier(
             latents[kept], train.labels[kept], self.dataset.classes, latents[held], train.labels[held],
-            steps=g.classifier_steps or 1500, seed=self.config.seed, device=resolve_device(self.config.device),
+            steps=g.classifier_steps or DEFAULT_CLASSIFIER_STEPS, seed=self.config.seed,
+            device=resolve_device(self.config.device),
         )
         model.save_pretrained(work / CLASSIFIER_FOLDER)
 
@@ -197,6 +198,19 @@ FINETUNE_SETTINGS = frozenset({
     "use_lora", "lora_rank", "consistency_lambda", "consistency_max_timestep", "snr_gamma", "caption_dropout",
     "prompts", "mixed_precision", "gradient_accumulation_steps", "class_labels_value",
 })
+
+
+def base_settings(g: GeneratorConfig) -> dict[str, Any]:
+    """What identifies the base stage: its config keys and, for a preset, the preset's resolved sizes (so that
+    a changed preset default builds a new base instead of reusing a stale one)."""
+    settings = {k: v for k, v in asdict(g).items() if k in BASE_SETTINGS}
+    if g.pretrained_model_name_or_path is None:
+        from distill.scratch import get_preset
+
+        preset = get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps,
+                            classifier_steps=g.classifier_steps)
+        settings["preset_settings"] = asdict(preset)
+    return settings
 
 
 def fingerprint_of(folder: Path | None) -> str:

