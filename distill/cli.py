@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from distill.config import dump_config, load_config
 from distill.data import SceneDataset, cache_state, image_sizes, load_dataset, resolve_data_root
@@ -38,6 +40,31 @@ def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool =
     group.add_argument("--split-seed", "--split_seed", dest="split_seed", type=int, default=0)
     group.add_argument("--split-file", "--split_file", dest="split_file",
                        help="where a generated split is read or written (roots without test.txt)")
+
+
+def add_config_arguments(
+    group: argparse._ArgumentGroup,
+    config_class: type,
+    help: dict[str, str],
+    choices: dict[str, Sequence[str]] | None = None,
+) -> None:
+    """One flag per field of the dataclass `config_class` (``--name`` and ``--name-with-dashes``), with its
+    defaults; a bool field gets ``--name`` / ``--no-name``."""
+    defaults = config_class()
+    for field in dataclasses.fields(config_class):
+        flags = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
+        default = getattr(defaults, field.name)
+        if isinstance(default, bool):
+            group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                               help=help[field.name])
+            continue
+        group.add_argument(*flags, dest=field.name, type=type(default), default=default,
+                           choices=(choices or {}).get(field.name), help=f"{help[field.name]} (default {default})")
+
+
+def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
+    """The dataclass `config_class` built from the flags `add_config_arguments` added."""
+    return config_class(**{field.name: getattr(args, field.name) for field in dataclasses.fields(config_class)})
 
 
 def dataset_from_args(args: argparse.Namespace) -> SceneDataset:

@@ -19,7 +19,7 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,32 +241,31 @@ def split_file_for(location: str, seed: int, fraction: float) -> Path:
     return default_cache_root() / "splits" / f"{Path(location).name}-{tag}-test.txt"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
+def replace_atomically(
+    path: Path, write: Callable[[Path], object], remedy: str, suffix: str = "", what: str = ""
+) -> None:
+    """Calls `write(tmp)` on a temporary sibling of `path`, then renames it to `path`, so a reader never sees
+    half a file; an OSError becomes an error naming `what` and `path`, followed by `remedy`."""
+    tmp = temporary_sibling(path, suffix)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as error:
         tmp.unlink(missing_ok=True)
-        raise RSDistillError(
-            f"Could not write {path}: {error.strerror}. Free some space or choose another folder."
-        ) from None
+        raise RSDistillError(f"Could not write {what}{path}: {error.strerror}. {remedy}") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda tmp: tmp.write_text(text), "Free some space or choose another folder.")
 
 
 def save_npy_atomic(path: Path, array: np.ndarray, what: str = "", remedy: str = "RSDISTILL_CACHE") -> None:
     """Saves `array` to `path` through a temporary file; a failure names `what` was written and the setting
     (`remedy`) that moves it elsewhere."""
-    tmp = temporary_sibling(path, ".npy")
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise RSDistillError(
-            f"Could not write {what}{path}: {error.strerror}. Free space there or set {remedy} to another folder."
-        ) from None
+    replace_atomically(path, lambda tmp: np.save(tmp, array), f"Free space there or set {remedy} to another folder.",
+                       suffix=".npy", what=what)
 
 
 def load_folder_dataset(

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from distill.artifacts import Stage
 from distill.config import RefineConfig
-from distill.data import ImageArray, SceneDataset
+from distill.data import ImageArray, SceneDataset, replace_atomically
 from distill.errors import RSDistillError
 from distill.finetune_data import stream_seed
 from distill.imageset import read_image_set, sample_grid, write_image_set
@@ -183,10 +183,10 @@ def refine_images(
         bar.set_postfix(loss=f"{losses[-1]:.1f}")
         done = iteration + 1
         if state_path is not None and (done % config.checkpoint_every == 0) and done < config.iterations:
-            tmp = state_path.with_name(f".{state_path.name}.tmp")
-            torch.save({"synthetic": synthetic.detach(), "optimizer": optimizer.state_dict(),
-                        "iteration": done, "losses": losses}, tmp)
-            tmp.replace(state_path)
+            state = {"synthetic": synthetic.detach(), "optimizer": optimizer.state_dict(), "iteration": done,
+                     "losses": losses}
+            replace_atomically(state_path, lambda tmp, state=state: torch.save(state, tmp),
+                               "Free space there or choose another --out.", what="the refinement checkpoint ")
     ran = config.iterations - start_iteration
     report = {
         "iterations": config.iterations,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from distill.cli import add_data_arguments, dataset_from_args
+from distill.cli import add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
 from distill.config import RefineConfig
 
 HELP = {
@@ -23,7 +22,7 @@ HELP = {
 def cmd_refine(args: argparse.Namespace) -> None:
     from distill.refine import refine_set
 
-    config = RefineConfig(**{field.name: getattr(args, field.name) for field in fields(RefineConfig)})
+    config = config_from_args(RefineConfig, args)
     set_dir = refine_set(args.set_dir, dataset_from_args(args), config, args.out, seed=args.seed,
                          resolution=args.resolution, cache_dir=args.cache_dir, device=args.device)
     print(f"refined set: {set_dir}")
@@ -36,16 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="stage folder to write (the set goes to OUT/set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    group = parser.add_argument_group("refinement")
-    defaults = RefineConfig()
-    for field in fields(RefineConfig):
-        flags = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
-                               help=HELP[field.name])
-        else:
-            group.add_argument(*flags, dest=field.name, type=type(default), default=default,
-                               help=f"{HELP[field.name]} (default {default})")
+    add_config_arguments(parser.add_argument_group("refinement"), RefineConfig, HELP)
     add_data_arguments(parser)
     parser.set_defaults(func=cmd_refine)

@@ -6,9 +6,8 @@ Several GPUs: ``accelerate launch -m distill.cli generate ...`` (each process ta
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from distill.cli import add_data_arguments, dataset_from_args
+from distill.cli import add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
 from distill.config import SynthesisConfig
 from distill.near_copy import DEFAULT_SPACE
 from distill.sampling import GUIDANCE_MODES, SCHEDULERS
@@ -42,26 +41,7 @@ CHOICES = {
 
 def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per `SynthesisConfig` field (``--name`` and ``--name-with-dashes``), defaults from it."""
-    group = parser.add_argument_group("synthesis")
-    defaults = SynthesisConfig()
-    for field in fields(SynthesisConfig):
-        flags = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            group.add_argument(*flags, dest=field.name, action="store_true", help=HELP[field.name])
-            continue
-        group.add_argument(
-            *flags,
-            dest=field.name,
-            type=type(default),
-            default=default,
-            choices=CHOICES.get(field.name),
-            help=f"{HELP[field.name]} (default {default})",
-        )
-
-
-def config_from_args(args: argparse.Namespace) -> SynthesisConfig:
-    return SynthesisConfig(**{field.name: getattr(args, field.name) for field in fields(SynthesisConfig)})
+    add_config_arguments(parser.add_argument_group("synthesis"), SynthesisConfig, HELP, CHOICES)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -71,7 +51,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         args.prototypes,
         args.prompts,
         dataset,
-        config_from_args(args),
+        config_from_args(SynthesisConfig, args),
         args.out,
         seed=args.seed,
         ipc=args.ipc,

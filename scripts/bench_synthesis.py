@@ -26,11 +26,12 @@ import numpy as np
 import torch
 
 from distill.bundle import CLASSIFIER_FOLDER, load_bundle
-from distill.cli import add_data_arguments, dataset_from_args
+from distill.cli import add_data_arguments, config_from_args, dataset_from_args
+from distill.config import SynthesisConfig
 from distill.imageset import read_image_set
 from distill.latent_classifier import LatentClassifier, predict_logits
 from distill.synthesis import synthesize, to_pixels
-from distill.synthesis_cli import add_synthesis_arguments, config_from_args
+from distill.synthesis_cli import add_synthesis_arguments
 
 
 def stage_files(folder: Path) -> dict[str, bytes]:
@@ -64,7 +65,7 @@ def main() -> None:
     add_data_arguments(parser)
     args = parser.parse_args()
     dataset = dataset_from_args(args)
-    config = config_from_args(args)
+    config = config_from_args(SynthesisConfig, args)
     work = Path(args.work)
     walls = []
     for name in ("run1", "run2"):
