@@ -133,7 +133,9 @@ class RefineConfig:
 
     `iterations` 0 leaves the set as synthesized. Each iteration draws a random ConvNet of `depth` blocks of
     `width` channels and `real_per_class` real train images per class. `compile` runs the network through
-    `torch.compile` (about twice as fast on a CPU after a one-off compilation).
+    `torch.compile` (about twice as fast on a CPU after a one-off compilation). `teacher_steps` > 0 first trains
+    a ConvNet of `teacher_width` channels on the real images for that many steps and adds `teacher_weight`
+    times its cross-entropy on the synthetic images to every iteration's loss.
     """
 
     iterations: int = 150
@@ -144,6 +146,9 @@ class RefineConfig:
     momentum: float = 0.5
     checkpoint_every: int = 50
     compile: bool = True
+    teacher_steps: int = 0
+    teacher_width: int = 32
+    teacher_weight: float = 1.0
 
 
 @dataclass

@@ -110,7 +110,9 @@ def cmd_generator_classifier(args: argparse.Namespace) -> None:
     model.save_pretrained(out)
     test_latents = cached_latents(bundle, test, latents_tag(dataset, "test", args.resolution))
     test_accuracy = accuracy(model, test_latents, test.labels)
-    print(f"wrote {out}: validation accuracy {model.config.val_accuracy:.4f}, test accuracy {test_accuracy:.4f}")
+    single_view = accuracy(model, test_latents, test.labels, views=1)
+    print(f"wrote {out}: validation accuracy {model.config.val_accuracy:.4f}, test accuracy {test_accuracy:.4f} "
+          f"(8-view average; single views {single_view:.4f})")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

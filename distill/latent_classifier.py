@@ -123,18 +123,35 @@ def dihedral(latents: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def dihedral_average(model: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Log of the class probabilities averaged over the 8 flips and quarter turns of each latent.
+
+    Scene classes do not depend on orientation, and the classifier was trained on all 8 views; averaging
+    them is how it predicts when nothing needs its gradient (accuracy, candidate selection).
+    """
+    probabilities = sum(
+        model(torch.rot90(latents.flip(-1) if op >= 4 else latents, op % 4, dims=(-2, -1))).float().softmax(1)
+        for op in range(8)
+    )
+    return (probabilities / 8).clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, latents: Array, batch_size: int = 512) -> torch.Tensor:
-    """Logits for many latents, in batches, on the model's device."""
+def predict_logits(model: nn.Module, latents: Array, batch_size: int = 512, views: int = 8) -> torch.Tensor:
+    """Logits for many latents, in batches, on the model's device: of the 8-view average, or of `views=1`."""
+    if views not in (1, 8):
+        raise RSDistillError(f"Latent classifier views must be 1 or 8, not {views}.")
     device = next(model.parameters()).device
     latents = torch.as_tensor(latents)
     model.eval()
-    return torch.cat([model(latents[i : i + batch_size].to(device, torch.float32)).cpu()
+    predict = model if views == 1 else (lambda batch: dihedral_average(model, batch))
+    return torch.cat([predict(latents[i : i + batch_size].to(device, torch.float32)).cpu()
                       for i in range(0, len(latents), batch_size)])
 
 
-def accuracy(model: nn.Module, latents: Array, labels: Array) -> float:
-    predicted = predict_logits(model, latents).argmax(dim=1)
+def accuracy(model: nn.Module, latents: Array, labels: Array, views: int = 8) -> float:
+    """Top-1 accuracy of the 8-view average prediction (or of single views, `views=1`)."""
+    predicted = predict_logits(model, latents, views=views).argmax(dim=1)
     return float((predicted == torch.as_tensor(labels)).float().mean())
 
 
@@ -168,7 +185,8 @@ def train_latent_classifier(
         latents: Train latents (N, C, h, w), as `encode_images` returns them.
         labels: Class indices (N,).
         classes: Class names, saved with the model.
-        val_latents: Held-out train latents used to pick the checkpoint (never the test split).
+        val_latents: Held-out train latents used to pick the checkpoint by single-view accuracy (never the
+            test split).
         val_labels: Their labels.
         steps: Optimiser steps (AdamW, cosine schedule with warm-up).
         batch_size: Samples per step, drawn in passes without replacement.
@@ -228,7 +246,7 @@ def train_latent_classifier(
         schedule.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if val_latents is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            score = accuracy(model, val_latents, val_labels)
+            score = accuracy(model, val_latents, val_labels, views=1)
             history["step"].append(step + 1)
             history["loss"].append(loss.item())
             history["val_accuracy"].append(score)

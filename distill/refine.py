@@ -12,7 +12,6 @@ exactly the images of an uninterrupted one (on the same device and thread count)
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,43 +29,14 @@ from distill.data import ImageArray, SceneDataset, replace_atomically
 from distill.errors import RSDistillError
 from distill.finetune_data import stream_seed
 from distill.imageset import read_image_set, sample_grid, write_image_set
+from distill.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
 from distill.runtime import resolve_device
 
 SET_FOLDER = "set"
 GRID_FILE = "sample_grid.png"
 STATE_FILE = "refine_state.pt"
 STATS_SAMPLE = 4096
-
-
-def random_weights(width: int, depth: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Conv weights and biases of a `depth`-block ConvNet, drawn like PyTorch's default init from `generator`."""
-    weights, channels = [], 3
-    for _ in range(depth):
-        bound = 1 / math.sqrt(channels * 9)
-        weights.append(torch.empty(width, channels, 3, 3).uniform_(-bound, bound, generator=generator))
-        weights.append(torch.empty(width).uniform_(-bound, bound, generator=generator))
-        channels = width
-    return weights
-
-
-def embed(images: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """Flattened features of a ConvNet (conv 3x3, instance norm, ReLU, 2x2 average pool per block)."""
-    x = images
-    for weight, bias in zip(weights[::2], weights[1::2], strict=True):
-        x = F.avg_pool2d(F.relu(F.group_norm(F.conv2d(x, weight, bias, padding=1), weight.shape[0])), 2)
-    return x.flatten(1)
-
-
-def siamese_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One random flip, quarter turn and resized crop (scale 0.8-1), the same for the whole batch."""
-    if torch.rand((), generator=generator) < 0.5:
-        images = images.flip(-1)
-    images = torch.rot90(images, int(torch.randint(0, 4, (), generator=generator)), dims=(-2, -1))
-    side = images.shape[-1]
-    crop = round(side * math.sqrt(0.8 + 0.2 * float(torch.rand((), generator=generator))))
-    top, left = torch.randint(0, side - crop + 1, (2,), generator=generator).tolist()
-    images = images[..., top : top + crop, left : left + crop]
-    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+TEACHER_BATCH = 128
 
 
 def channel_stats(images: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +71,26 @@ class DistributionMatcher:
         self.mean, self.std = mean.to(device), std.to(device)
         # A fresh network every iteration, one compiled graph: the weights are inputs, not constants.
         self.embed = torch.compile(embed, dynamic=False) if config.compile else embed
+        self.teacher: Weights | None = None
+
+    def train_teacher(self, progress: bool = True) -> dict[str, Any]:
+        """Trains the teacher (`teacher_steps` on batches of real images) and reports how it went."""
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, "refine-teacher"))
+        rng = np.random.default_rng(stream_seed(self.seed, "refine-teacher-batches"))
+        batch = min(TEACHER_BATCH, len(self.real.labels))
+
+        def sample(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            index = np.sort(rng.choice(len(self.real.labels), batch, replace=False))
+            return self.normalize(self.real.images[index]), torch.as_tensor(self.real.labels[index], device=self.device)
+
+        side = self.real.images.shape[1]
+        self.teacher, losses = train_teacher(sample, len(self.by_class), self.config.teacher_width,
+                                             self.config.depth, side, self.config.teacher_steps, generator,
+                                             progress)
+        self.teacher = [w.to(self.device) for w in self.teacher]
+        return {"teacher_seconds": round(time.perf_counter() - start, 1),
+                "teacher_loss_last_20_mean": round(float(np.mean(losses[-20:])), 4)}
 
     def normalize(self, images: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(np.asarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255
@@ -117,8 +107,10 @@ class DistributionMatcher:
         picks = [rng.choice(members, count, replace=len(members) < count) for members in self.by_class]
         return self.normalize(self.real.images[np.concatenate(picks)])
 
-    def loss(self, synthetic: torch.Tensor, class_means: torch.Tensor, iteration: int) -> torch.Tensor:
-        """Sum over classes of the squared distance between real and synthetic mean embeddings."""
+    def loss(self, synthetic: torch.Tensor, labels: torch.Tensor, class_means: torch.Tensor,
+             iteration: int) -> torch.Tensor:
+        """Sum over classes of the squared distance between real and synthetic mean embeddings, plus, with a
+        teacher, `teacher_weight` times its cross-entropy on the (augmented) synthetic images."""
         generator = torch.Generator().manual_seed(stream_seed(self.seed, "refine-net", iteration))
         weights = [w.to(self.device) for w in random_weights(self.config.width, self.config.depth, generator)]
         augmentation = generator.get_state()
@@ -127,7 +119,11 @@ class DistributionMatcher:
         real_means = real.view(len(self.by_class), self.config.real_per_class, -1).mean(dim=1)
         generator.set_state(augmentation)
         fake_means = class_means @ self.embed(siamese_augment(synthetic, generator), weights)
-        return (real_means - fake_means).pow(2).sum()
+        loss = (real_means - fake_means).pow(2).sum()
+        if self.teacher is not None:
+            loss = loss + self.config.teacher_weight * F.cross_entropy(
+                logits(siamese_augment(synthetic, generator), self.teacher), labels)
+        return loss
 
 
 def refine_images(
@@ -170,23 +166,33 @@ def refine_images(
         with torch.no_grad():
             synthetic.copy_(state["synthetic"])
         optimizer.load_state_dict(state["optimizer"])
+        matcher.teacher = state.get("teacher")
         start_iteration, losses = state["iteration"], state["losses"]
+
+    def save_state(done: int) -> None:
+        if state_path is not None:
+            state = {"synthetic": synthetic.detach(), "optimizer": optimizer.state_dict(), "iteration": done,
+                     "losses": losses, "teacher": matcher.teacher}
+            replace_atomically(state_path, lambda tmp: torch.save(state, tmp),
+                               "Free space there or choose another --out.", what="the refinement checkpoint ")
+
+    teacher_report: dict[str, Any] = {}
+    if config.teacher_steps > 0 and matcher.teacher is None:
+        teacher_report = matcher.train_teacher(progress)
+        save_state(start_iteration)
     start = time.perf_counter()
     bar = tqdm(range(start_iteration, config.iterations), desc="refining (distribution matching)",
                initial=start_iteration, total=config.iterations, disable=not progress, leave=False)
     for iteration in bar:
-        loss = matcher.loss(synthetic, class_means, iteration)
+        loss = matcher.loss(synthetic, labels_t, class_means, iteration)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(round(loss.item(), 4))
         bar.set_postfix(loss=f"{losses[-1]:.1f}")
         done = iteration + 1
-        if state_path is not None and (done % config.checkpoint_every == 0) and done < config.iterations:
-            state = {"synthetic": synthetic.detach(), "optimizer": optimizer.state_dict(), "iteration": done,
-                     "losses": losses}
-            replace_atomically(state_path, lambda tmp, state=state: torch.save(state, tmp),
-                               "Free space there or choose another --out.", what="the refinement checkpoint ")
+        if done % config.checkpoint_every == 0 and done < config.iterations:
+            save_state(done)
     ran = config.iterations - start_iteration
     report = {
         "iterations": config.iterations,
@@ -194,6 +200,7 @@ def refine_images(
         "seconds_per_iteration": round((time.perf_counter() - start) / ran, 4) if ran else None,
         "loss_first": losses[0] if losses else None,
         "loss_last_10_mean": round(float(np.mean(losses[-10:])), 4) if losses else None,
+        **teacher_report,
     }
     return matcher.to_uint8(synthetic), report
 
@@ -224,6 +231,9 @@ def refine_set(
     """
     if config.iterations < 1:
         raise RSDistillError("refine.iterations must be at least 1 (set it to 0 to leave refinement out).")
+    if config.teacher_steps < 0 or config.teacher_weight < 0:
+        raise RSDistillError("refine.teacher_steps and refine.teacher_weight must be >= 0 (teacher_steps 0: "
+                             "no teacher).")
     out = Path(out)
     stage = Stage(out.parent, out.name, {**asdict(config), "seed": seed, "resolution": resolution},
                   {"dataset": dataset.fingerprint, **(inputs or {"set": str(set_dir)})})

@@ -16,6 +16,9 @@ HELP = {
     "momentum": "SGD momentum",
     "checkpoint_every": "iterations between checkpoints (an interrupted run resumes from the last)",
     "compile": "run the networks through torch.compile",
+    "teacher_steps": "train a teacher ConvNet on the real images for this many steps first (0: no teacher)",
+    "teacher_width": "channels of the teacher ConvNet",
+    "teacher_weight": "weight of the teacher's cross-entropy on the refined images",
 }
 
 

@@ -223,6 +223,7 @@ def init_scratch(
     report["timings_s"]["latent_classifier"] = time.perf_counter() - start
     report["latent_classifier_val_accuracy"] = classifier.config.val_accuracy
     report["latent_classifier_test_accuracy"] = accuracy(classifier, test_latents, test.labels)
+    report["latent_classifier_test_accuracy_single_view"] = accuracy(classifier, test_latents, test.labels, views=1)
     report["latent_classifier_history"] = history
 
     bundle.to("cpu")

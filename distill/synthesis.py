@@ -46,7 +46,7 @@ from distill.config import SynthesisConfig
 from distill.data import SceneDataset, to_rgb_resized, write_text_atomic
 from distill.errors import RSDistillError
 from distill.imageset import sample_grid, write_image_set
-from distill.latent_classifier import LatentClassifier
+from distill.latent_classifier import LatentClassifier, dihedral_average
 from distill.near_copy import NearestReal
 from distill.runtime import resolve_device
 from distill.sampling import SamplerSettings, sample_latents
@@ -295,7 +295,7 @@ class Synthesizer:
             scores: list[float | None] = [None] * len(batch)
             predicted: list[int | None] = [None] * len(batch)
             if self.classifier is not None:
-                logits = self.classifier(self.bundle.encode_images(to_pixels(images)).float()).float().cpu()
+                logits = dihedral_average(self.classifier, self.bundle.encode_images(to_pixels(images)).float()).cpu()
                 labels = torch.tensor([target.label for target, _ in batch])
                 scores = selection_scores(logits, labels, self.config.selection).tolist()
                 predicted = logits.argmax(dim=1).tolist()

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--val_fraction", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--no_baselines", action="store_true", help="score only the variants")
     args = parser.parse_args()
 
     dataset = load_dataset(args.dataset, root=args.data_root)
@@ -66,8 +67,9 @@ def main() -> None:
         rows.append({"name": name, "val_accuracy": result, **extra})
         print(json.dumps(rows[-1], default=str), flush=True)
 
-    score("random", random_draw(train.subset(kept), image_set.ipc))
-    score("unrefined", fixed(image_set.images, image_set.labels))
+    if not args.no_baselines:
+        score("random", random_draw(train.subset(kept), image_set.ipc))
+        score("unrefined", fixed(image_set.images, image_set.labels))
     for text in args.variant:
         config = parse_variant(text)
         start = time.perf_counter()

@@ -14,7 +14,15 @@ from diffusers import DDPMScheduler
 from distill.bundle import load_bundle, save_bundle
 from distill.diffusion_math import min_snr_weights, predicted_original, snr, training_target
 from distill.errors import RSDistillError
-from distill.latent_classifier import LatentClassifier, accuracy, dihedral, train_latent_classifier
+from distill.latent_classifier import (
+    LatentClassifier,
+    LatentClassifierConfig,
+    accuracy,
+    dihedral,
+    dihedral_average,
+    predict_logits,
+    train_latent_classifier,
+)
 from tests.generator_helpers import one_thread, tiny_sd_folder
 
 
@@ -126,6 +134,22 @@ def test_dihedral_ops_are_the_eight_symmetries() -> None:
     images = [dihedral(x, torch.tensor([op])) for op in range(8)]
     assert torch.equal(images[0], x)
     assert len({tuple(im.flatten().tolist()) for im in images}) == 8
+
+
+def test_eight_view_prediction_is_orientation_free_and_a_distribution() -> None:
+    torch.manual_seed(0)
+    model = LatentClassifier(LatentClassifierConfig(4, 3, width=8)).eval()
+    latents = torch.randn(5, 4, 8, 8)
+    turned = torch.rot90(latents.flip(-1), 1, dims=(-2, -1))
+    with torch.no_grad():
+        averaged = dihedral_average(model, latents)
+        torch.testing.assert_close(dihedral_average(model, turned), averaged)
+        assert not torch.allclose(model(turned), model(latents))  # a single view does depend on orientation
+    torch.testing.assert_close(averaged.exp().sum(dim=1), torch.ones(5))
+    torch.testing.assert_close(predict_logits(model, latents, views=8), averaged)
+    torch.testing.assert_close(predict_logits(model, latents, views=1), model(latents).detach())
+    with pytest.raises(RSDistillError, match="views must be 1 or 8"):
+        predict_logits(model, latents, views=4)
 
 
 def test_latent_classifier_learns_and_round_trips(tmp_path: Path) -> None:

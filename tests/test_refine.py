@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distill.artifacts import read_manifest
 from distill.cli import main
@@ -17,6 +18,7 @@ from distill.config import RefineConfig
 from distill.data import ImageArray, load_dataset
 from distill.errors import RSDistillError
 from distill.imageset import read_image_set, write_image_set
+from distill.matching_networks import logits, random_head, random_weights, train_teacher
 from distill.refine import DistributionMatcher, refine_images, refine_set
 
 TINY = RefineConfig(iterations=6, width=8, depth=2, real_per_class=4, checkpoint_every=2, compile=False)
@@ -53,31 +55,33 @@ def test_matching_lowers_the_loss_and_moves_images_toward_their_class(real: Imag
     assert red[0] - red[2] > blue[0] - blue[2]
 
 
+@pytest.mark.parametrize("teacher_steps", [0, 5], ids=["random-networks", "with-teacher"])
 def test_same_seed_same_images_and_interrupted_run_resumes_to_them(
-    real: ImageArray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    real: ImageArray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, teacher_steps: int
 ) -> None:
+    config = replace(TINY, teacher_steps=teacher_steps, teacher_width=8)
     images, labels = grey_set()
-    first, _ = refine_images(images, labels, real, 3, TINY, seed=3, progress=False)
-    again, _ = refine_images(images, labels, real, 3, TINY, seed=3, progress=False)
+    first, _ = refine_images(images, labels, real, 3, config, seed=3, progress=False)
+    again, _ = refine_images(images, labels, real, 3, config, seed=3, progress=False)
     assert np.array_equal(first, again)
-    other, _ = refine_images(images, labels, real, 3, TINY, seed=4, progress=False)
+    other, _ = refine_images(images, labels, real, 3, config, seed=4, progress=False)
     assert not np.array_equal(first, other)
 
     original = DistributionMatcher.loss
 
-    def interrupt_at_four(self: DistributionMatcher, synthetic: torch.Tensor, means: torch.Tensor,
-                          iteration: int) -> torch.Tensor:
+    def interrupt_at_four(self: DistributionMatcher, synthetic: torch.Tensor, labels: torch.Tensor,
+                          means: torch.Tensor, iteration: int) -> torch.Tensor:
         if iteration == 4:
             raise KeyboardInterrupt
-        return original(self, synthetic, means, iteration)
+        return original(self, synthetic, labels, means, iteration)
 
     state = tmp_path / "state.pt"
     monkeypatch.setattr(DistributionMatcher, "loss", interrupt_at_four)
     with pytest.raises(KeyboardInterrupt):
-        refine_images(images, labels, real, 3, TINY, seed=3, state_path=state, progress=False)
+        refine_images(images, labels, real, 3, config, seed=3, state_path=state, progress=False)
     assert torch.load(state)["iteration"] == 4
     monkeypatch.setattr(DistributionMatcher, "loss", original)
-    resumed, report = refine_images(images, labels, real, 3, TINY, seed=3, state_path=state, progress=False)
+    resumed, report = refine_images(images, labels, real, 3, config, seed=3, state_path=state, progress=False)
     assert report["iterations_this_run"] == 2
     assert np.array_equal(resumed, first)
 
@@ -121,3 +125,32 @@ def test_bad_settings_are_named(
     missing = ImageArray(real.images[:16], real.labels[:16], real.keys[:16])  # class 2 has no real image
     with pytest.raises(RSDistillError, match="class 2 has none"):
         refine_images(images, labels, missing, 3, TINY, progress=False)
+
+
+def test_teacher_learns_the_real_classes(real: ImageArray) -> None:
+    pixels = torch.from_numpy(real.images).permute(0, 3, 1, 2).float() / 255 - 0.5
+    labels = torch.as_tensor(real.labels)
+    generator = torch.Generator().manual_seed(0)
+    untrained = random_weights(8, 2, generator) + random_head(8 * 4 * 4, 3, generator)
+    teacher, losses = train_teacher(lambda step: (pixels, labels), 3, width=8, depth=2, side=16, steps=40,
+                                    generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(losses) == 40 and np.mean(losses[-5:]) < losses[0]
+    assert (logits(pixels, teacher).argmax(dim=1) == labels).float().mean() >= 0.9
+    assert F.cross_entropy(logits(pixels, teacher), labels) < F.cross_entropy(logits(pixels, untrained), labels)
+
+
+def test_refinement_with_a_teacher_makes_the_set_more_recognisable(real: ImageArray) -> None:
+    images, labels = grey_set()
+    config = replace(TINY, iterations=20, teacher_steps=40, teacher_width=8, teacher_weight=5.0)
+    refined, report = refine_images(images, labels, real, 3, config, seed=0, progress=False)
+    assert report["teacher_seconds"] >= 0 and report["teacher_loss_last_20_mean"] < np.log(3)
+    red = refined[labels == 0].astype(float).mean(axis=(0, 1, 2))
+    assert red[0] > red[2]
+
+
+def test_teacher_settings_are_checked(
+    make_imagefolder: Callable[..., Path], tmp_path: Path
+) -> None:
+    dataset = load_dataset(f"imagefolder:{make_imagefolder(size=16)}")
+    with pytest.raises(RSDistillError, match=r"refine\.teacher_steps"):
+        refine_set(tmp_path, dataset, replace(TINY, teacher_steps=-1), tmp_path / "x")
