@@ -193,7 +193,8 @@ def main() -> None:
     command = "python scripts/benchmark.py " + " ".join(
         [f"--datasets {' '.join(args.datasets)}", f"--ipcs {' '.join(map(str, args.ipcs))}",
          f"--methods {' '.join(args.methods)}"] + ([] if args.ablations else ["--no-ablations"])
-        + [f"--ablation {name}" for name in args.ablation or []])
+        + [f"--ablation {name}" for name in args.ablation or []]
+        + ([f"--work {args.work}"] if args.work != parser.get_default("work") else []))
     for name in args.datasets:
         dataset = load_dataset(name)
         evaluation = load_config(CONFIGS / f"{name}-ipc10.yaml").evaluation
