@@ -67,6 +67,7 @@ def train_teacher(
     side: int,
     steps: int,
     generator: torch.Generator,
+    device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[Weights, list[float]]:
     """A ConvNet trained on real images: SGD (momentum 0.9, lr 0.01, weight decay 5e-4, cosine), augmented.
@@ -78,14 +79,15 @@ def train_teacher(
         depth: Conv blocks.
         side: Side of the images (fixes the head's input size).
         steps: Training steps.
-        generator: Draws the initial weights and the augmentation.
+        generator: Draws the initial weights and the augmentation (a CPU generator).
+        device: Where the network trains (where `sample` puts its batches).
         progress: Show a progress bar.
 
     Returns:
         The trained weights (conv blocks, then the head) and the loss of every step.
     """
     features = width * (side // 2**depth) ** 2
-    network = [w.requires_grad_(True) for w in random_weights(width, depth, generator)
+    network = [w.to(device).requires_grad_(True) for w in random_weights(width, depth, generator)
                + random_head(features, num_classes, generator)]
     optimizer = torch.optim.SGD(network, lr=0.01, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)

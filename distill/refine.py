@@ -87,8 +87,7 @@ class DistributionMatcher:
         side = self.real.images.shape[1]
         self.teacher, losses = train_teacher(sample, len(self.by_class), self.config.teacher_width,
                                              self.config.depth, side, self.config.teacher_steps, generator,
-                                             progress)
-        self.teacher = [w.to(self.device) for w in self.teacher]
+                                             self.device, progress)
         return {"teacher_seconds": round(time.perf_counter() - start, 1),
                 "teacher_loss_last_20_mean": round(float(np.mean(losses[-20:])), 4)}
 
