@@ -111,15 +111,17 @@ class LatentClassifier(nn.Module):
         return model.eval()
 
 
+def dihedral_view(latents: torch.Tensor, op: int) -> torch.Tensor:
+    """One of the 8 flips/rotations of a whole batch: op = 4 * flip + quarter turns."""
+    return torch.rot90(latents.flip(-1) if op >= 4 else latents, op % 4, dims=(-2, -1))
+
+
 def dihedral(latents: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
-    """Applies one of the 8 flips/rotations to each sample: op = 4 * flip + quarter turns."""
+    """Applies one of the 8 flips/rotations to each sample (see `dihedral_view`)."""
     out = latents.clone()
     for op in ops.unique().tolist():
         index = (ops == op).nonzero(as_tuple=True)[0]
-        chosen = latents[index]
-        if op >= 4:
-            chosen = chosen.flip(-1)
-        out[index] = torch.rot90(chosen, op % 4, dims=(-2, -1))
+        out[index] = dihedral_view(latents[index], op)
     return out
 
 
@@ -129,10 +131,7 @@ def dihedral_average(model: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     Scene classes do not depend on orientation, and the classifier was trained on all 8 views; averaging
     them is how it predicts when nothing needs its gradient (accuracy, candidate selection).
     """
-    probabilities = sum(
-        model(torch.rot90(latents.flip(-1) if op >= 4 else latents, op % 4, dims=(-2, -1))).float().softmax(1)
-        for op in range(8)
-    )
+    probabilities = sum(model(dihedral_view(latents, op)).float().softmax(1) for op in range(8))
     return (probabilities / 8).clamp_min(torch.finfo(torch.float32).tiny).log()
 
 

@@ -60,7 +60,7 @@ def logits(images: torch.Tensor, network: Weights) -> torch.Tensor:
 
 
 def train_teacher(
-    sample: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     width: int,
     depth: int,
@@ -73,7 +73,7 @@ def train_teacher(
     """A ConvNet trained on real images: SGD (momentum 0.9, lr 0.01, weight decay 5e-4, cosine), augmented.
 
     Args:
-        sample: Step index -> a batch of normalised real images and their labels.
+        sample: Draws a batch of normalised real images and their labels.
         num_classes: Classes of the head.
         width: Channels of every conv block.
         depth: Conv blocks.
@@ -92,8 +92,8 @@ def train_teacher(
     optimizer = torch.optim.SGD(network, lr=0.01, momentum=0.9, weight_decay=5e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     losses = []
-    for step in tqdm(range(steps), desc="training the refinement teacher", disable=not progress, leave=False):
-        images, labels = sample(step)
+    for _ in tqdm(range(steps), desc="training the refinement teacher", disable=not progress, leave=False):
+        images, labels = sample()
         loss = F.cross_entropy(logits(siamese_augment(images, generator), network), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -80,7 +80,7 @@ class DistributionMatcher:
         rng = np.random.default_rng(stream_seed(self.seed, "refine-teacher-batches"))
         batch = min(TEACHER_BATCH, len(self.real.labels))
 
-        def sample(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def sample() -> tuple[torch.Tensor, torch.Tensor]:
             index = np.sort(rng.choice(len(self.real.labels), batch, replace=False))
             return self.normalize(self.real.images[index]), torch.as_tensor(self.real.labels[index], device=self.device)
 

@@ -132,7 +132,7 @@ def test_teacher_learns_the_real_classes(real: ImageArray) -> None:
     labels = torch.as_tensor(real.labels)
     generator = torch.Generator().manual_seed(0)
     untrained = random_weights(8, 2, generator) + random_head(8 * 4 * 4, 3, generator)
-    teacher, losses = train_teacher(lambda step: (pixels, labels), 3, width=8, depth=2, side=16, steps=40,
+    teacher, losses = train_teacher(lambda: (pixels, labels), 3, width=8, depth=2, side=16, steps=40,
                                     generator=torch.Generator().manual_seed(0), progress=False)
     assert len(losses) == 40 and np.mean(losses[-5:]) < losses[0]
     assert (logits(pixels, teacher).argmax(dim=1) == labels).float().mean() >= 0.9
