@@ -9,7 +9,7 @@ from pathlib import Path
 from captioning.aggregate import RULES
 from captioning.stage import CAPTIONERS, load_prompts, run_captions
 from distill.artifacts import read_manifest
-from distill.cli import add_data_arguments, dataset_from_args
+from distill.cli import COMMANDS, add_data_arguments, dataset_from_args
 from distill.config import CaptionConfig
 
 DEFAULTS = CaptionConfig()
@@ -57,7 +57,7 @@ def cmd_caption(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("caption", help="caption the train split and aggregate prompts (stage 3)")
+    parser = subparsers.add_parser("caption", help=COMMANDS["caption"].help)
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="the captions stage folder to write")
     parser.add_argument(

@@ -6,24 +6,35 @@ import argparse
 import dataclasses
 import importlib
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Collection, Sequence
+from typing import Any, NamedTuple
 
 from distill.config import dump_config, load_config
 from distill.data import SceneDataset, cache_state, image_sizes, load_dataset, resolve_data_root
 from distill.errors import RSDistillError
 
-# Modules that add sub-commands through `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = (
-    "distill.xbd",
-    "prototypes.cli",
-    "distill.synthesis_cli",
-    "distill.refine_cli",
-    "captioning.cli",
-    "evaluate.cli",
-    "distill.generator_cli",
-    "distill.pipeline_cli",
-)
+
+class Command(NamedTuple):
+    """A sub-command: the module that defines it (through `register(subparsers)`) and its one-line help."""
+
+    module: str
+    help: str
+
+
+# Only the module of the command being run is imported: `rsdistill --help`, `data` and `config` start without
+# torch, and a command pays only for the libraries it uses.
+COMMANDS: dict[str, Command] = {
+    "xbd": Command("distill.xbd", "xBD building-damage data: classes, split, bad input"),
+    "prototypes": Command("prototypes.cli", "per-class k-means prototypes (stage 2)"),
+    "coreset": Command("prototypes.cli", "coreset baseline (random, herding, kcenter, kmeans)"),
+    "caption": Command("captioning.cli", "caption the train split and aggregate prompts (stage 3)"),
+    "generator": Command("distill.generator_cli", "build a diffusion bundle or its latent classifier"),
+    "finetune": Command("distill.generator_cli", "train a bundle's UNet (LoRA or full) on the train split"),
+    "generate": Command("distill.synthesis_cli", "generate the distilled set (stage 5)"),
+    "refine": Command("distill.refine_cli", "refine a set by distribution matching (stage 5b)"),
+    "evaluate": Command("evaluate.cli", "score sets by downstream training, with baselines and metrics"),
+    "run": Command("distill.pipeline_cli", "run every stage from one config (skips done stages, resumes)"),
+}
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
@@ -111,7 +122,14 @@ def cmd_config_show(args: argparse.Namespace) -> None:
     print(dump_config(load_config(args.config, args.overrides)), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The sub-command `argv` runs: its first word that names one (None for e.g. ``--help`` alone)."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def build_parser(only: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The `rsdistill` parser. Sub-commands outside `only` (None: all of them) are listed with their help but
+    not defined, so their modules are not imported (a module defining one of `only` defines its siblings)."""
     parser = argparse.ArgumentParser(prog="rsdistill", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -138,13 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", metavar="section.key=value")
     show.set_defaults(func=cmd_config_show)
 
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).register(commands)
+    modules = {spec.module for name, spec in COMMANDS.items() if only is None or name in only}
+    registered: set[str] = set()
+    for name, spec in COMMANDS.items():
+        if spec.module not in modules:
+            commands.add_parser(name, help=spec.help)
+        elif spec.module not in registered:
+            importlib.import_module(spec.module).register(commands)
+            registered.add(spec.module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = requested_command(argv)
+    parser = build_parser([command] if command else [])
     args, unknown = parser.parse_known_args(argv)
     # `section.key=value` overrides may stand anywhere among a command's flags.
     overrides = [text for text in unknown if "=" in text and not text.startswith("-")]

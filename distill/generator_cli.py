@@ -8,7 +8,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from distill.cli import add_data_arguments, dataset_from_args
+from distill.cli import COMMANDS, add_data_arguments, dataset_from_args
 from distill.errors import RSDistillError
 from distill.latent_classifier import DEFAULT_CLASSIFIER_STEPS
 
@@ -118,7 +118,7 @@ def cmd_generator_classifier(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from distill.scratch import PRESETS
 
-    generator = subparsers.add_parser("generator", help="build a diffusion bundle or its latent classifier")
+    generator = subparsers.add_parser("generator", help=COMMANDS["generator"].help)
     actions = generator.add_subparsers(dest="generator_command", required=True, metavar="ACTION")
     init = actions.add_parser("init", help="from-scratch bundle: VAE, random UNet, MiniLM, latent classifier")
     add_data_arguments(init)
@@ -139,6 +139,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     classifier.add_argument("--seed", type=int, default=0)
     classifier.set_defaults(func=cmd_generator_classifier)
 
-    finetune = subparsers.add_parser("finetune", help="train a bundle's UNet (LoRA or full) on the train split")
+    finetune = subparsers.add_parser("finetune", help=COMMANDS["finetune"].help)
     add_finetune_arguments(finetune)
     finetune.set_defaults(func=cmd_finetune)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from distill.cli import COMMANDS
 from distill.config import apply_override, dump_config, load_config
 
 # Short flags (diffusers' names where they mean the same) and the config fields they set.
@@ -54,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("run", help="run every stage from one config (skips done stages, resumes)")
+    parser = subparsers.add_parser("run", help=COMMANDS["run"].help)
     parser.add_argument("--config", help="YAML run config (see scripts/configs/)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="any setting, e.g. prototypes.rule=medoid")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from distill.cli import add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
+from distill.cli import COMMANDS, add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
 from distill.config import RefineConfig
 
 HELP = {
@@ -32,7 +32,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("refine", help="refine a set by distribution matching (stage 5b)",
+    parser = subparsers.add_parser("refine", help=COMMANDS["refine"].help,
                                    description=__doc__)
     parser.add_argument("set_dir", help="the set to refine (e.g. a synthesis stage's set/ folder)")
     parser.add_argument("--out", required=True, help="stage folder to write (the set goes to OUT/set)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from distill.cli import add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
+from distill.cli import COMMANDS, add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
 from distill.config import SynthesisConfig
 from distill.near_copy import DEFAULT_SPACE
 from distill.sampling import GUIDANCE_MODES, SCHEDULERS
@@ -66,7 +66,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="generate the distilled set (stage 5)",
+        help=COMMANDS["generate"].help,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -665,7 +665,9 @@ def cmd_xbd_info(args: argparse.Namespace) -> None:
 
 def register(subparsers: Any) -> None:
     """Adds `rsdistill xbd info`."""
-    xbd = subparsers.add_parser("xbd", help="xBD building-damage data: classes, split, bad input")
+    from distill.cli import COMMANDS
+
+    xbd = subparsers.add_parser("xbd", help=COMMANDS["xbd"].help)
     actions = xbd.add_subparsers(dest="xbd_command", required=True, metavar="ACTION")
     info = actions.add_parser("info", help="counts per class and split, tiles and events, bad input by kind")
     info.add_argument("spec", help="xbd:<path>[?mode=damage&patch=64&margin=0.25&pair=post&split=tile"

@@ -24,9 +24,9 @@ def _ints(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from distill.cli import add_data_arguments
+    from distill.cli import COMMANDS, add_data_arguments
 
-    parser = subparsers.add_parser("evaluate", help="score sets by downstream training, with baselines and metrics",
+    parser = subparsers.add_parser("evaluate", help=COMMANDS["evaluate"].help,
                                    description=__doc__)
     parser.add_argument("sets", nargs="*", metavar="SET", help="set folders in the common format")
     add_data_arguments(parser)

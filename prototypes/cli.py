@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from distill.cli import add_data_arguments, dataset_from_args
+from distill.cli import COMMANDS, add_data_arguments, dataset_from_args
 from distill.config import PrototypeConfig
 from prototypes.coreset import METHODS, write_coreset
 from prototypes.representatives import RULES
@@ -109,7 +109,7 @@ def cmd_coreset(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("prototypes", help="per-class k-means prototypes (stage 2)")
+    parser = subparsers.add_parser("prototypes", help=COMMANDS["prototypes"].help)
     add_data_arguments(parser)
     parser.add_argument("--ipc", type=int, default=DEFAULTS.ipc, help="prototypes (clusters) per class")
     parser.add_argument(
@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_encoder_arguments(parser, default="efficientnet-lite0")
     parser.set_defaults(func=cmd_prototypes)
 
-    parser = subparsers.add_parser("coreset", help="coreset baseline (random, herding, kcenter, kmeans)")
+    parser = subparsers.add_parser("coreset", help=COMMANDS["coreset"].help)
     add_data_arguments(parser)
     parser.add_argument("--method", choices=METHODS, required=True)
     parser.add_argument("--ipc", type=int, required=True, help="images per class")
