@@ -28,9 +28,9 @@ def test_each_module_defines_the_commands_the_table_gives_it(module: str) -> Non
 
 
 def test_full_parser_defines_every_command_with_the_tables_help() -> None:
-    commands = subcommands(build_parser())
-    assert set(commands) == {"data", "config", *COMMANDS}
-    listing = build_parser().format_help()
+    parser = build_parser()
+    assert set(subcommands(parser)) == {"data", "config", *COMMANDS}
+    listing = parser.format_help()
     for spec in COMMANDS.values():
         assert " ".join(spec.help.split()) in " ".join(listing.split())
 
