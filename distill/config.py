@@ -136,6 +136,10 @@ class RefineConfig:
     `torch.compile` (about twice as fast on a CPU after a one-off compilation). `teacher_steps` > 0 first trains
     a ConvNet of `teacher_width` channels on the real images for that many steps and adds `teacher_weight`
     times its cross-entropy on the synthetic images to every iteration's loss.
+
+    `learning_rate` is the SGD step for a set of 10 images per class and scales with the images per class: a
+    class's mean embedding spreads its gradient over its images, so each image's share shrinks as 1/IPC, and the
+    scaled step keeps every image's step the same at any IPC (1 -> 0.1 x, 50 -> 5 x `learning_rate`).
     """
 
     iterations: int = 150

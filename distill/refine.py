@@ -37,6 +37,13 @@ GRID_FILE = "sample_grid.png"
 STATE_FILE = "refine_state.pt"
 STATS_SAMPLE = 4096
 TEACHER_BATCH = 128
+STEP_IPC = 10
+
+
+def step_size(config: RefineConfig, labels: np.ndarray) -> float:
+    """The SGD step for a set with these labels: `learning_rate` times its mean images per class / 10."""
+    counts = np.bincount(np.asarray(labels))
+    return config.learning_rate * float(counts[counts > 0].mean()) / STEP_IPC
 
 
 def channel_stats(images: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +165,8 @@ def refine_images(
     labels_t = torch.as_tensor(np.asarray(labels), device=device)
     one_hot = F.one_hot(labels_t, num_classes).T.float()
     class_means = one_hot / one_hot.sum(dim=1, keepdim=True).clamp_min(1)
-    optimizer = torch.optim.SGD([synthetic], lr=config.learning_rate, momentum=config.momentum)
+    step = step_size(config, labels)
+    optimizer = torch.optim.SGD([synthetic], lr=step, momentum=config.momentum)
     start_iteration, losses = 0, []
     if state_path is not None and state_path.is_file():
         state = torch.load(state_path, map_location=device)
@@ -196,6 +204,7 @@ def refine_images(
     report = {
         "iterations": config.iterations,
         "iterations_this_run": ran,
+        "step_size": step,
         "seconds_per_iteration": round((time.perf_counter() - start) / ran, 4) if ran else None,
         "loss_first": losses[0] if losses else None,
         "loss_last_10_mean": round(float(np.mean(losses[-10:])), 4) if losses else None,
@@ -234,11 +243,13 @@ def refine_set(
         raise RSDistillError("refine.teacher_steps and refine.teacher_weight must be >= 0 (teacher_steps 0: "
                              "no teacher).")
     out = Path(out)
-    stage = Stage(out.parent, out.name, {**asdict(config), "seed": seed, "resolution": resolution},
+    image_set = read_image_set(set_dir, dataset.classes, resolution=resolution)
+    # The stage records the step it takes, so equal steps at any IPC are one and the same stage.
+    settings = {**asdict(config), "learning_rate": step_size(config, image_set.labels)}
+    stage = Stage(out.parent, out.name, {**settings, "seed": seed, "resolution": resolution},
                   {"dataset": dataset.fingerprint, **(inputs or {"set": str(set_dir)})})
     if stage.done:
         return stage.path / SET_FOLDER
-    image_set = read_image_set(set_dir, dataset.classes, resolution=resolution)
     real = dataset.images("train", resolution, cache_dir=cache_dir)
     extra: dict[str, Any] = {}
     with stage.build(extra) as work:

@@ -12,7 +12,7 @@ HELP = {
     "width": "channels of the random ConvNets",
     "depth": "blocks of the random ConvNets",
     "real_per_class": "real train images per class in each iteration",
-    "learning_rate": "SGD step on the normalised pixels",
+    "learning_rate": "SGD step on the normalised pixels at 10 images per class (scaled by IPC / 10)",
     "momentum": "SGD momentum",
     "checkpoint_every": "iterations between checkpoints (an interrupted run resumes from the last)",
     "compile": "run the networks through torch.compile",

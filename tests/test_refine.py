@@ -19,7 +19,7 @@ from distill.data import ImageArray, load_dataset
 from distill.errors import RSDistillError
 from distill.imageset import read_image_set, write_image_set
 from distill.matching_networks import logits, random_head, random_weights, train_teacher
-from distill.refine import DistributionMatcher, refine_images, refine_set
+from distill.refine import DistributionMatcher, refine_images, refine_set, step_size
 
 TINY = RefineConfig(iterations=6, width=8, depth=2, real_per_class=4, checkpoint_every=2, compile=False)
 
@@ -45,14 +45,31 @@ def grey_set() -> tuple[np.ndarray, np.ndarray]:
 
 def test_matching_lowers_the_loss_and_moves_images_toward_their_class(real: ImageArray) -> None:
     images, labels = grey_set()
-    config = replace(TINY, iterations=40, learning_rate=2.0)
+    config = replace(TINY, iterations=40, learning_rate=10.0)  # a step of 2 at 2 images per class
     refined, report = refine_images(images, labels, real, 3, config, seed=0, progress=False)
+    assert report["step_size"] == 2.0
     assert refined.shape == images.shape and refined.dtype == np.uint8
     assert report["loss_last_10_mean"] < report["loss_first"]
     # The red class's images became redder than the blue class's.
     red = refined[labels == 0].astype(float).mean(axis=(0, 1, 2))
     blue = refined[labels == 2].astype(float).mean(axis=(0, 1, 2))
     assert red[0] - red[2] > blue[0] - blue[2]
+
+
+def test_step_scales_with_images_per_class_so_each_image_moves_alike(real: ImageArray) -> None:
+    config = replace(TINY, learning_rate=1.0)
+    assert step_size(config, np.repeat(np.arange(3), 1)) == 0.1
+    assert step_size(config, np.repeat(np.arange(3), 10)) == 1.0
+    assert step_size(config, np.repeat(np.arange(3), 50)) == 5.0
+    # The first step of a set and of the same set repeated 5 times moves every image by the same amount.
+    images, labels = grey_set()
+    one_step = replace(config, iterations=1, momentum=0.0)
+    once, _ = refine_images(images, labels, real, 3, one_step, seed=0, progress=False)
+    repeated, _ = refine_images(np.tile(images, (5, 1, 1, 1)), np.tile(labels, 5), real, 3, one_step, seed=0,
+                                progress=False)
+    moved = np.abs(once.astype(int) - images).mean()
+    assert moved > 0.5
+    assert np.abs(repeated.astype(int) - np.tile(images, (5, 1, 1, 1))).mean() == pytest.approx(moved, rel=0.05)
 
 
 @pytest.mark.parametrize("teacher_steps", [0, 5], ids=["random-networks", "with-teacher"])
