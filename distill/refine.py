@@ -13,6 +13,7 @@ exactly the images of an uninterrupted one (on the same device and thread count)
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from distill.config import RefineConfig
 from distill.data import ImageArray, SceneDataset, replace_atomically
 from distill.errors import RSDistillError
 from distill.finetune_data import stream_seed
-from distill.imageset import read_image_set, sample_grid, write_image_set
+from distill.imageset import read_image_set, read_records, sample_grid, write_image_set
 from distill.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
 from distill.runtime import resolve_device
 
@@ -40,10 +41,11 @@ TEACHER_BATCH = 128
 STEP_IPC = 10
 
 
-def step_size(config: RefineConfig, labels: np.ndarray) -> float:
-    """The SGD step for a set with these labels: `learning_rate` times its mean images per class / 10."""
-    counts = np.bincount(np.asarray(labels))
-    return config.learning_rate * float(counts[counts > 0].mean()) / STEP_IPC
+def step_size(config: RefineConfig, labels: Sequence[Any] | np.ndarray) -> float:
+    """The SGD step for a set with these labels (indices or names): `learning_rate` times its mean images per
+    class / 10."""
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    return config.learning_rate * float(counts.mean()) / STEP_IPC
 
 
 def channel_stats(images: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,13 +245,14 @@ def refine_set(
         raise RSDistillError("refine.teacher_steps and refine.teacher_weight must be >= 0 (teacher_steps 0: "
                              "no teacher).")
     out = Path(out)
-    image_set = read_image_set(set_dir, dataset.classes, resolution=resolution)
     # The stage records the step it takes, so equal steps at any IPC are one and the same stage.
-    settings = {**asdict(config), "learning_rate": step_size(config, image_set.labels)}
-    stage = Stage(out.parent, out.name, {**settings, "seed": seed, "resolution": resolution},
+    step = step_size(config, [record["label"] for record in read_records(Path(set_dir))])
+    stage = Stage(out.parent, out.name, {**asdict(config), "learning_rate": step, "seed": seed,
+                                         "resolution": resolution},
                   {"dataset": dataset.fingerprint, **(inputs or {"set": str(set_dir)})})
     if stage.done:
         return stage.path / SET_FOLDER
+    image_set = read_image_set(set_dir, dataset.classes, resolution=resolution)
     real = dataset.images("train", resolution, cache_dir=cache_dir)
     extra: dict[str, Any] = {}
     with stage.build(extra) as work:
