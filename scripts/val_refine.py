@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from distill.config import RefineConfig
-from distill.data import ImageArray, load_dataset, stratified_holdout
+from distill.data import ImageArray, SceneDataset, load_dataset, stratified_holdout
 from distill.refine import refine_images
 from evaluate.evaluation import load_set
 from evaluate.scoring import Scorer, fixed, random_draw, train_stats
@@ -40,6 +40,17 @@ def parse_variant(text: str) -> RefineConfig:
                                       for k, v in pairs.items()})
 
 
+def validation_split(name: str, data_root: str | None, resolution: int,
+                     val_fraction: float) -> tuple[SceneDataset, ImageArray, Scorer]:
+    """The dataset, the train images kept for matching and a scorer on the held-out share of train."""
+    dataset = load_dataset(name, root=data_root)
+    train = dataset.images("train", resolution)
+    kept, held = stratified_holdout(train.labels, val_fraction, 0)
+    val = ImageArray(np.asarray(train.images[held]), train.labels[held], [train.keys[i] for i in held])
+    mean, std = train_stats(dataset, resolution, None)
+    return dataset, train.subset(kept), Scorer(val, len(dataset.classes), mean, std)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("set_dir")
@@ -53,12 +64,7 @@ def main() -> None:
     parser.add_argument("--no_baselines", action="store_true", help="score only the variants")
     args = parser.parse_args()
 
-    dataset = load_dataset(args.dataset, root=args.data_root)
-    train = dataset.images("train", args.resolution)
-    kept, held = stratified_holdout(train.labels, args.val_fraction, 0)
-    val = ImageArray(np.asarray(train.images[held]), train.labels[held], [train.keys[i] for i in held])
-    mean, std = train_stats(dataset, args.resolution, None)
-    scorer = Scorer(val, len(dataset.classes), mean, std)
+    dataset, matched, scorer = validation_split(args.dataset, args.data_root, args.resolution, args.val_fraction)
     image_set = load_set(args.set_dir, dataset, args.resolution)
     rows: list[dict[str, Any]] = []
 
@@ -68,12 +74,12 @@ def main() -> None:
         print(json.dumps(rows[-1], default=str), flush=True)
 
     if not args.no_baselines:
-        score("random", random_draw(train.subset(kept), image_set.ipc))
+        score("random", random_draw(matched, image_set.ipc))
         score("unrefined", fixed(image_set.images, image_set.labels))
     for text in args.variant:
         config = parse_variant(text)
         start = time.perf_counter()
-        images, report = refine_images(image_set.images, image_set.labels, train.subset(kept),
+        images, report = refine_images(image_set.images, image_set.labels, matched,
                                        len(dataset.classes), config, seed=0, progress=True)
         score(text, fixed(images, image_set.labels), refine=report, refine_s=time.perf_counter() - start)
     if args.json:
