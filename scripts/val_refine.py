@@ -19,7 +19,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from distill.config import RefineConfig
@@ -46,9 +45,8 @@ def validation_split(name: str, data_root: str | None, resolution: int,
     dataset = load_dataset(name, root=data_root)
     train = dataset.images("train", resolution)
     kept, held = stratified_holdout(train.labels, val_fraction, 0)
-    val = ImageArray(np.asarray(train.images[held]), train.labels[held], [train.keys[i] for i in held])
     mean, std = train_stats(dataset, resolution, None)
-    return dataset, train.subset(kept), Scorer(val, len(dataset.classes), mean, std)
+    return dataset, train.subset(kept), Scorer(train.subset(held), len(dataset.classes), mean, std)
 
 
 def main() -> None:

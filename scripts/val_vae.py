@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from val_refine import parse_variant, validation_split
 
 from distill.refine import refine_images
+from distill.synthesis import to_pixels, to_uint8
 from evaluate.scoring import fixed, random_draw
 
 
@@ -32,9 +33,8 @@ def round_trip(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 64) -> 
     """uint8 images (N, H, W, 3) encoded to their posterior mean and decoded again."""
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc="VAE round trip", leave=False):
-        pixels = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
-        out.append(((decoded + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        latents = vae.encode(to_pixels(images[start : start + batch_size])).latent_dist.mean
+        out.append(to_uint8(vae.decode(latents).sample))
     return np.concatenate(out)
 
 
