@@ -36,7 +36,7 @@ ABLATIONS: dict[str, list[str]] = {
     "class-name prompts": ["generator.prompts=class-names"],
     "no prototype guidance": ["synthesis.guidance=none"],
     "img2img guidance (D4M)": ["synthesis.guidance=img2img"],
-    "one candidate": ["synthesis.candidates=1"],
+    "selection among 4 candidates": ["synthesis.candidates=4"],
     "no refinement": ["refine.iterations=0"],
 }
 
@@ -100,7 +100,8 @@ def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag
     stages = json.loads((Path(config.run_dir) / "stages.json").read_text())["stages"]
     dataset = load_dataset(config.data.dataset, root=config.data.root)
     result = score_set(dataset, set_dir, config.evaluation, Path(config.run_dir) / "report")
-    return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides}
+    return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides,
+            "config_tag": config_tag(dataset_name, ipc, overrides)}
 
 
 def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
@@ -129,11 +130,27 @@ def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation:
     return results
 
 
+def is_stale(key: str, item: dict[str, Any]) -> bool:
+    """Whether a distilled or ablation item was scored with another config than the one its key names now."""
+    dataset, ipc, method = key.split("/", 2)
+    if method != "distilled" and not method.startswith("ablation: "):
+        return False
+    overrides = ABLATIONS.get(method.removeprefix("ablation: ")) if method != "distilled" else []
+    return overrides is None or item.get("config_tag") != config_tag(dataset, int(ipc), overrides)
+
+
+STALE_NOTE = ("† scored with an earlier version of the dataset's config (its command is in "
+              "scripts/results/benchmark.json); run that item again to score the current config.")
+
+
 def table(results: dict[str, Any]) -> str:
     lines = ["| dataset | IPC | method | accuracy (%) | ratio to full | storage ratio |", "|---|---|---|---|---|---|"]
+    stale = False
     for key in sorted(results, key=lambda k: (k.split("/")[0], int(k.split("/")[1]), k)):
         dataset, ipc, method = key.split("/", 2)
         r = results[key]
+        if is_stale(key, r):
+            method, stale = f"{method} †", True
         acc = f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
         ratio = f"{r['ratio_to_full']:.3f}" if r.get("ratio_to_full") is not None else "–"
         storage = f"{r['storage_ratio']:.2e}" if r.get("storage_ratio") is not None else "–"
@@ -141,7 +158,7 @@ def table(results: dict[str, Any]) -> str:
     fulls = {k.split("/")[0]: r["full"] for k, r in results.items() if r.get("full")}
     for dataset, full in sorted(fulls.items()):
         lines.append(f"| {dataset} | all | full | {full['accuracy']:.2f} | 1.000 | 1 |")
-    return "\n".join(lines)
+    return "\n".join(lines) + (f"\n\n{STALE_NOTE}" if stale else "")
 
 
 def stage_table(results: dict[str, Any]) -> str:

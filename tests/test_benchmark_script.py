@@ -40,3 +40,20 @@ def test_accuracy_of_picks_the_indexed_row_of_a_kind() -> None:
     assert benchmark.accuracy_of(report, "set", 1)["accuracy_mean"] == 70.0
     assert benchmark.accuracy_of(report, "set", 1)["n_images"] == 100
     assert benchmark.accuracy_of(report, "baseline")["accuracy_std"] == 2.0
+
+
+def test_table_marks_items_scored_with_an_earlier_config() -> None:
+    benchmark = load_benchmark()
+    current = benchmark.config_tag("ucmerced", 10, [])
+    row = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "ratio_to_full": None, "storage_ratio": None}
+    results = {
+        "ucmerced/10/distilled": {**row, "config_tag": current},
+        "ucmerced/1/distilled": {**row, "config_tag": "0000000000"},
+        "ucmerced/10/ablation: a label no longer benchmarked": {**row, "config_tag": current},
+    }
+    lines = benchmark.table(results).splitlines()
+    assert "| ucmerced | 10 | distilled | 50.00 ± 1.00 | – | – |" in lines
+    assert "| ucmerced | 1 | distilled † | 50.00 ± 1.00 | – | – |" in lines
+    assert "| ucmerced | 10 | ablation: a label no longer benchmarked † | 50.00 ± 1.00 | – | – |" in lines
+    assert lines[-1] == benchmark.STALE_NOTE
+    assert "†" not in benchmark.table({"ucmerced/10/distilled": {**row, "config_tag": current}})
