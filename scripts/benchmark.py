@@ -130,12 +130,14 @@ def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation:
     return results
 
 
-def is_stale(key: str, item: dict[str, Any]) -> bool:
-    """Whether a distilled or ablation item was scored with another config than the one its key names now."""
-    dataset, ipc, method = key.split("/", 2)
-    if method != "distilled" and not method.startswith("ablation: "):
+def is_stale(dataset: str, ipc: str, method: str, item: dict[str, Any]) -> bool:
+    """Whether a distilled or ablation item was scored with another config than the one its row names now."""
+    if method == "distilled":
+        overrides: list[str] | None = []
+    elif method.startswith("ablation: "):
+        overrides = ABLATIONS.get(method.removeprefix("ablation: "))
+    else:
         return False
-    overrides = ABLATIONS.get(method.removeprefix("ablation: ")) if method != "distilled" else []
     return overrides is None or item.get("config_tag") != config_tag(dataset, int(ipc), overrides)
 
 
@@ -149,7 +151,7 @@ def table(results: dict[str, Any]) -> str:
     for key in sorted(results, key=lambda k: (k.split("/")[0], int(k.split("/")[1]), k)):
         dataset, ipc, method = key.split("/", 2)
         r = results[key]
-        if is_stale(key, r):
+        if is_stale(dataset, ipc, method, r):
             method, stale = f"{method} †", True
         acc = f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
         ratio = f"{r['ratio_to_full']:.3f}" if r.get("ratio_to_full") is not None else "–"
