@@ -235,8 +235,10 @@ def _build_trainer(
         # A LoRA run's checkpoints hold the adapter alone; the frozen base comes from the bundle.
         accelerator.register_save_state_pre_hook(keep_only({n for n, p in unet.named_parameters() if p.requires_grad}))
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    encoder = PromptEncoder(bundle)
+    encoder.preload([*prompts, ""], progress=config.progress)
     return Trainer(config, accelerator, bundle, unet, optimizer, lr_scheduler, parameters, latents,
-                   torch.as_tensor(images.labels), prompts, PromptEncoder(bundle), classifier, weight_dtype)
+                   torch.as_tensor(images.labels), prompts, encoder, classifier, weight_dtype)
 
 
 def _train(trainer: Trainer, dataset: SceneDataset, output_dir: Path, start: int, settings: dict[str, Any]) -> None:

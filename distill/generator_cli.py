@@ -84,7 +84,8 @@ def cmd_generator_init(args: argparse.Namespace) -> None:
     if (out / "model_index.json").is_file() and not args.overwrite:
         raise RSDistillError(f"{out} holds a bundle already; pass --overwrite or choose another --output_dir.")
     report = init_scratch(dataset_from_args(args), out, preset, args.preset, seed=args.seed,
-                          cache_dir=args.cache_dir, device=resolve_device(args.device))
+                          cache_dir=args.cache_dir, device=resolve_device(args.device),
+                          mixed_precision=args.mixed_precision)
     shown = {k: report[k] for k in ("vae_test_psnr", "latent_classifier_val_accuracy",
                                     "latent_classifier_test_accuracy", "timings_s")}
     print(json.dumps(shown, indent=2))
@@ -126,6 +127,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True)
     init.add_argument("--vae_steps", type=int, help="VAE optimiser steps (default: the preset's)")
     init.add_argument("--classifier_steps", type=int, help="latent classifier steps (default: the preset's)")
+    init.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no",
+                      help="train the VAE under autocast in this precision (weights stay fp32)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--device", default="auto")
     init.add_argument("--overwrite", action="store_true")

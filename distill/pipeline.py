@@ -83,7 +83,8 @@ class Run:
             preset = get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps,
                                 classifier_steps=g.classifier_steps)
             init_scratch(self.dataset, work, preset=preset, preset_name=g.preset, seed=self.config.seed,
-                         cache_dir=data.cache_dir, device=resolve_device(self.config.device))
+                         cache_dir=data.cache_dir, device=resolve_device(self.config.device),
+                         mixed_precision=g.mixed_precision)
             return
         from distill.bundle import CLASSIFIER_FOLDER, load_bundle
         from distill.finetune_data import encode_latents
@@ -202,7 +203,8 @@ FINETUNE_SETTINGS = frozenset({
 
 def base_settings(g: GeneratorConfig) -> dict[str, Any]:
     """What identifies the base stage: its config keys and, for a preset, the preset's resolved sizes (so that
-    a changed preset default builds a new base instead of reusing a stale one)."""
+    a changed preset default builds a new base instead of reusing a stale one) and the precision its VAE
+    trains in."""
     settings = {k: v for k, v in asdict(g).items() if k in BASE_SETTINGS}
     if g.pretrained_model_name_or_path is None:
         from distill.scratch import get_preset
@@ -210,6 +212,7 @@ def base_settings(g: GeneratorConfig) -> dict[str, Any]:
         preset = get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps,
                             classifier_steps=g.classifier_steps)
         settings["preset_settings"] = asdict(preset)
+        settings["mixed_precision"] = g.mixed_precision
     return settings
 
 

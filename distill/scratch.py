@@ -82,6 +82,14 @@ def make_vae(preset: ScratchPreset) -> AutoencoderKL:
     )
 
 
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of a `--mixed_precision` value (None for ``no``)."""
+    dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if mixed_precision not in dtypes:
+        raise RSDistillError(f"--mixed_precision must be no, fp16 or bf16, not {mixed_precision!r}.")
+    return dtypes[mixed_precision]
+
+
 def _pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -92,16 +100,22 @@ def train_vae(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    mixed_precision: str = "no",
 ) -> AutoencoderKL:
     """Trains an AutoencoderKL on uint8 images (N, H, W, 3) and sets its latent scaling factor.
 
     The loss is pixel MSE (what PSNR measures) plus a KL term small enough to keep the latent space
     well-behaved, on random `vae_crop` crops (the network is convolutional, so it applies at full size).
     The scaling factor is 1 / std of the train latents, so the UNet sees unit-variance latents as in SD.
+    `mixed_precision` ``bf16`` or ``fp16`` runs the forward pass under autocast (weights stay fp32; fp16 with
+    a gradient scaler), as `--mixed_precision` does for the UNet.
     """
+    dtype = autocast_dtype(mixed_precision)
+    device = torch.device(device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     vae = make_vae(preset).to(device).train()
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=preset.vae_learning_rate, weight_decay=0.0)
     steps, warmup = preset.vae_steps, max(1, preset.vae_steps // 30)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
@@ -111,12 +125,14 @@ def train_vae(
         index = torch.randint(0, len(images), (preset.vae_batch_size,), generator=generator).sort().values
         top, left = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()
         pixels = _pixels(images[index.numpy()])[:, :, top : top + crop, left : left + crop].to(device)
-        posterior = vae.encode(pixels).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator=None)).sample
-        loss = (reconstruction - pixels).pow(2).mean() + 1e-6 * posterior.kl().mean()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            posterior = vae.encode(pixels).latent_dist
+            reconstruction = vae.decode(posterior.sample(generator=None)).sample
+        loss = (reconstruction.float() - pixels).pow(2).mean() + 1e-6 * posterior.kl().float().mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         schedule.step()
         bar.set_postfix(mse=f"{loss.item():.4f}")
     vae.eval()
@@ -182,6 +198,7 @@ def init_scratch(
     device: str | torch.device = "cpu",
     progress: bool = True,
     psnr_samples: int | None = 1000,
+    mixed_precision: str = "no",
 ) -> dict[str, Any]:
     """Builds the from-scratch bundle in `output_dir` and returns its report (also in `scratch_report.json`).
 
@@ -189,15 +206,18 @@ def init_scratch(
     train latents with a validation split carved from train (checkpoint chosen on it); its test accuracy and
     the VAE's test PSNR are measured and reported, never used to choose anything. The PSNR is measured on a
     fixed random sample of `psnr_samples` test images (None: all of them; the decoder is the slow half).
+    `mixed_precision` applies to the VAE's training (see `train_vae`); latents are always encoded in fp32.
     """
     output_dir = Path(output_dir)
     report: dict[str, Any] = {"preset": preset_name, "settings": asdict(preset), "seed": seed,
+                              "mixed_precision": mixed_precision,
                               "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "timings_s": {}}
     train = dataset.images("train", preset.resolution, cache_dir=cache_dir)
     test = dataset.images("test", preset.resolution, cache_dir=cache_dir)
 
     start = time.perf_counter()
-    vae = train_vae(train.images, preset, seed=seed, device=device, progress=progress)
+    vae = train_vae(train.images, preset, seed=seed, device=device, progress=progress,
+                    mixed_precision=mixed_precision)
     report["timings_s"]["vae"] = time.perf_counter() - start
     sample = np.arange(len(test.images))
     if psnr_samples is not None and psnr_samples < len(sample):

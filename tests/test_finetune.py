@@ -16,7 +16,7 @@ from distill.bundle import CLASSIFIER_FOLDER, load_bundle
 from distill.errors import RSDistillError
 from distill.finetune import FinetuneConfig, consistency_loss, finetune
 from distill.finetune_checkpoints import list_checkpoints
-from distill.finetune_data import vae_digest
+from distill.finetune_data import PromptEncoder, vae_digest
 from distill.finetune_models import prepare_unet
 from distill.latent_classifier import LatentClassifier, LatentClassifierConfig
 from tests.generator_helpers import one_thread, tiny_sd_folder
@@ -187,6 +187,23 @@ def test_consistency_without_classifier_is_refused(tmp_path: Path, scenes: str) 
     folder = tiny_sd_folder(tmp_path / "sd")
     with pytest.raises(RSDistillError, match="needs a latent classifier"):
         finetune(settings(folder, tmp_path / "out", scenes, consistency_lambda=0.1))
+
+
+def test_prompt_encoder_preloads_the_training_prompts_once(sd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = load_bundle(str(sd))
+    encoded: list[list[str]] = []
+    encode_prompt = bundle.encode_prompt
+    monkeypatch.setattr(bundle, "encode_prompt", lambda prompts: encoded.append(prompts) or encode_prompt(prompts))
+    encoder = PromptEncoder(bundle)
+    assert encoder.preload(["a forest", "a lake", "a forest", "a town"], batch_size=2, progress=False) == 3
+    assert encoded == [["a forest", "a lake"], ["a town"]]
+    states = encoder(["a lake", "a forest", "a lake"])
+    assert len(encoded) == 2
+    assert torch.allclose(states[0], encode_prompt(["a lake"])[0][0], atol=1e-5)
+    assert torch.equal(states[0], states[2])
+    encoder(["a river", "a river"])
+    assert encoded[2:] == [["a river"]]
+    assert PromptEncoder(bundle, preload_budget_bytes=1).preload(["a forest"], progress=False) == 0
 
 
 def test_captions_folder_supplies_prompts(sd: Path, scenes: str, tmp_path: Path) -> None:

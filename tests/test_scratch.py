@@ -52,6 +52,18 @@ def test_vae_training_is_seeded_and_improves_reconstruction(scenes: Path) -> Non
     assert reconstruction_psnr(first, images) > untrained + 1.5
 
 
+def test_bf16_vae_training_learns_like_fp32_but_is_not_the_same_run(scenes: Path) -> None:
+    images = load_dataset(f"imagefolder:{scenes}").images("train", 16).images
+    preset = get_preset("scratch-cpu", **{**TOY, "vae_steps": 30, "vae_learning_rate": 3e-3})
+    full = train_vae(images, preset, seed=3, progress=False)
+    mixed = train_vae(images, preset, seed=3, progress=False, mixed_precision="bf16")
+    assert all(value.dtype == torch.float32 for value in mixed.state_dict().values())
+    assert not torch.equal(mixed.decoder.conv_out.weight, full.decoder.conv_out.weight)
+    assert reconstruction_psnr(mixed, images) > reconstruction_psnr(full, images) - 1.0
+    with pytest.raises(RSDistillError, match="--mixed_precision must be no, fp16 or bf16, not 'fp8'"):
+        train_vae(images, preset, progress=False, mixed_precision="fp8")
+
+
 def test_init_scratch_writes_a_bundle_like_stable_diffusion(
     scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
