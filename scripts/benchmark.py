@@ -26,6 +26,7 @@ from typing import Any
 
 from distill.config import EvalConfig, RunConfig, dump_config, load_config
 from distill.data import load_dataset, write_text_atomic
+from distill.pipeline import base_settings
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -52,9 +53,11 @@ def run_config(dataset: str, ipc: int, work: Path, overrides: list[str], tag: st
 
 
 def config_tag(dataset: str, ipc: int, overrides: list[str]) -> str:
-    """Short hash of a run's effective config (its folders left out): a changed config is scored afresh."""
+    """Short hash of a run's effective config (its folders left out) and of what identifies its base generator
+    (the preset's sizes and training precision): a changed config or preset is scored afresh."""
     config = replace(load_config(CONFIGS / f"{dataset}-ipc{ipc}.yaml", overrides), run_dir="", shared_dir=None)
-    return hashlib.sha256(dump_config(config).encode()).hexdigest()[:10]
+    base = json.dumps(base_settings(config.generator), sort_keys=True)
+    return hashlib.sha256((dump_config(config) + base).encode()).hexdigest()[:10]
 
 
 def scored(path: Path, make: Any) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 
@@ -57,3 +60,14 @@ def test_table_marks_items_scored_with_an_earlier_config() -> None:
     assert "| ucmerced | 10 | ablation: a label no longer benchmarked † | 50.00 ± 1.00 | – | – |" in lines
     assert lines[-1] == benchmark.STALE_NOTE
     assert "†" not in benchmark.table({"ucmerced/10/distilled": {**row, "config_tag": current}})
+
+
+def test_config_tag_follows_the_preset_behind_an_unchanged_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill import scratch
+
+    benchmark = load_benchmark()
+    before = benchmark.config_tag("eurosat", 10, [])
+    assert benchmark.config_tag("eurosat", 10, []) == before
+    wider = dataclasses.replace(scratch.PRESETS["scratch-cpu"], unet_channels=(96, 192, 192))
+    monkeypatch.setitem(scratch.PRESETS, "scratch-cpu", wider)
+    assert benchmark.config_tag("eurosat", 10, []) != before
