@@ -54,6 +54,7 @@ from distill.finetune_models import (
     write_validation_grid,
 )
 from distill.latent_classifier import LatentClassifier
+from distill.runtime import autocast_dtype
 
 OOM_ADVICE = ("Out of GPU memory. Reduce memory with --gradient_checkpointing, --mixed_precision bf16 (or fp16), "
               "a smaller --train_batch_size (with --gradient_accumulation_steps to keep the effective batch), "
@@ -217,7 +218,7 @@ def _build_trainer(
     expected = bundle.latent_size * bundle.vae_scale_factor
     if config.resolution != expected:
         print(f"note: {bundle.path}'s UNet was built for {expected}px images; training at {config.resolution}px.")
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = autocast_dtype(accelerator.mixed_precision) or torch.float32
     bundle.vae.to(accelerator.device)
     latents = cached_latents(bundle, images, latents_tag(dataset, "train", config.resolution), config.progress)
     prompts = train_prompts(images.keys, images.labels, dataset.classes, config.captions)

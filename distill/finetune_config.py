@@ -9,6 +9,7 @@ from typing import Any
 from distill.config import DataConfig, GeneratorConfig
 from distill.data import SceneDataset
 from distill.errors import RSDistillError
+from distill.runtime import autocast_dtype
 
 # Settings that may change between a checkpoint and the run resuming it.
 RESUMABLE = frozenset({"output_dir", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit",
@@ -64,8 +65,7 @@ class FinetuneConfig:
         return settings
 
     def check(self) -> None:
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise RSDistillError(f"--mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}.")
+        autocast_dtype(self.mixed_precision)  # refuses an unknown precision
         if not 0.0 <= self.caption_dropout < 1.0:
             raise RSDistillError(f"--caption_dropout must lie in [0, 1), not {self.caption_dropout}.")
         for name in ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps"):

@@ -15,13 +15,16 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.artifacts import Stage, fingerprint, read_manifest
 from distill.config import GeneratorConfig, RunConfig, dump_config, to_dict
 from distill.data import SceneDataset, load_dataset, stratified_holdout, write_text_atomic
 from distill.errors import RSDistillError
 from distill.runtime import resolve_device, seed_everything
+
+if TYPE_CHECKING:
+    from distill.scratch import ScratchPreset
 
 
 def slug(dataset: SceneDataset) -> str:
@@ -78,11 +81,9 @@ class Run:
     def _build_base(self, work: Path) -> None:
         g, data = self.config.generator, self.config.data
         if g.pretrained_model_name_or_path is None:
-            from distill.scratch import get_preset, init_scratch
+            from distill.scratch import init_scratch
 
-            preset = get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps,
-                                classifier_steps=g.classifier_steps)
-            init_scratch(self.dataset, work, preset=preset, preset_name=g.preset, seed=self.config.seed,
+            init_scratch(self.dataset, work, preset=scratch_preset(g), preset_name=g.preset, seed=self.config.seed,
                          cache_dir=data.cache_dir, device=resolve_device(self.config.device),
                          mixed_precision=g.mixed_precision)
             return
@@ -201,17 +202,20 @@ FINETUNE_SETTINGS = frozenset({
 })
 
 
+def scratch_preset(g: GeneratorConfig) -> ScratchPreset:
+    """The from-scratch preset named by `g`, with the sizes and step counts `g` overrides."""
+    from distill.scratch import get_preset
+
+    return get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps, classifier_steps=g.classifier_steps)
+
+
 def base_settings(g: GeneratorConfig) -> dict[str, Any]:
     """What identifies the base stage: its config keys and, for a preset, the preset's resolved sizes (so that
     a changed preset default builds a new base instead of reusing a stale one) and the precision its VAE
     trains in."""
     settings = {k: v for k, v in asdict(g).items() if k in BASE_SETTINGS}
     if g.pretrained_model_name_or_path is None:
-        from distill.scratch import get_preset
-
-        preset = get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps,
-                            classifier_steps=g.classifier_steps)
-        settings["preset_settings"] = asdict(preset)
+        settings["preset_settings"] = asdict(scratch_preset(g))
         settings["mixed_precision"] = g.mixed_precision
     return settings
 

@@ -1,4 +1,4 @@
-"""Device choice and seeding, shared by every stage."""
+"""Device choice, mixed precision and seeding, shared by every stage."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import torch
+
+from distill.errors import RSDistillError
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -21,6 +23,14 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of a `--mixed_precision` value (None for ``no``)."""
+    dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if mixed_precision not in dtypes:
+        raise RSDistillError(f"--mixed_precision must be no, fp16 or bf16, not {mixed_precision!r}.")
+    return dtypes[mixed_precision]
 
 
 def seed_everything(seed: int) -> torch.Generator:

