@@ -135,7 +135,9 @@ class RefineConfig:
     `width` channels and `real_per_class` real train images per class. `compile` runs the network through
     `torch.compile` (about twice as fast on a CPU after a one-off compilation). `teacher_steps` > 0 first trains
     a ConvNet of `teacher_width` channels on the real images for that many steps and adds `teacher_weight`
-    times its cross-entropy on the synthetic images to every iteration's loss.
+    times its cross-entropy on the synthetic images to every iteration's loss. `mixed_precision` ``bf16`` runs
+    the matching networks under bf16 autocast (the images, their steps and the loss stay fp32): about 1.7x
+    faster on a CPU with avx512_bf16.
 
     `learning_rate` is the SGD step for a set of 10 images per class and scales with the images per class: a
     class's mean embedding spreads its gradient over its images, so each image's share shrinks as 1/IPC, and the
@@ -153,6 +155,7 @@ class RefineConfig:
     teacher_steps: int = 0
     teacher_width: int = 32
     teacher_weight: float = 1.0
+    mixed_precision: str = "no"
 
 
 @dataclass

@@ -31,7 +31,7 @@ from distill.errors import RSDistillError
 from distill.finetune_data import stream_seed
 from distill.imageset import read_image_set, read_records, sample_grid, write_image_set
 from distill.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
-from distill.runtime import resolve_device
+from distill.runtime import autocast_dtype, resolve_device
 
 SET_FOLDER = "set"
 GRID_FILE = "sample_grid.png"
@@ -81,6 +81,7 @@ class DistributionMatcher:
         # A fresh network every iteration, one compiled graph: the weights are inputs, not constants.
         self.embed = torch.compile(embed, dynamic=False) if config.compile else embed
         self.teacher: Weights | None = None
+        self.autocast_dtype = refine_autocast_dtype(config)
 
     def train_teacher(self, progress: bool = True) -> dict[str, Any]:
         """Trains the teacher (`teacher_steps` on batches of real images) and reports how it went."""
@@ -122,16 +123,26 @@ class DistributionMatcher:
         generator = torch.Generator().manual_seed(stream_seed(self.seed, "refine-net", iteration))
         weights = [w.to(self.device) for w in random_weights(self.config.width, self.config.depth, generator)]
         augmentation = generator.get_state()
-        with torch.no_grad():
-            real = self.embed(siamese_augment(self.real_batch(iteration), generator), weights)
+        with torch.autocast(self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            with torch.no_grad():
+                real = self.embed(siamese_augment(self.real_batch(iteration), generator), weights).float()
+            generator.set_state(augmentation)
+            fake = self.embed(siamese_augment(synthetic, generator), weights).float()
+            teacher_logits = (logits(siamese_augment(synthetic, generator), self.teacher).float()
+                              if self.teacher is not None else None)
         real_means = real.view(len(self.by_class), self.config.real_per_class, -1).mean(dim=1)
-        generator.set_state(augmentation)
-        fake_means = class_means @ self.embed(siamese_augment(synthetic, generator), weights)
-        loss = (real_means - fake_means).pow(2).sum()
-        if self.teacher is not None:
-            loss = loss + self.config.teacher_weight * F.cross_entropy(
-                logits(siamese_augment(synthetic, generator), self.teacher), labels)
+        loss = (real_means - class_means @ fake).pow(2).sum()
+        if teacher_logits is not None:
+            loss = loss + self.config.teacher_weight * F.cross_entropy(teacher_logits, labels)
         return loss
+
+
+def refine_autocast_dtype(config: RefineConfig) -> torch.dtype | None:
+    """The autocast dtype of `refine.mixed_precision` (None for ``no``); fp16 is refused, since the pixel
+    gradients would need loss scaling."""
+    if config.mixed_precision not in ("no", "bf16"):
+        raise RSDistillError(f"refine.mixed_precision must be no or bf16, not {config.mixed_precision!r}.")
+    return autocast_dtype(config.mixed_precision)
 
 
 def refine_images(

@@ -34,7 +34,7 @@ RESULTS = HERE / "results"
 METHODS = ("distilled", "random", "herding", "kcenter", "kmeans")
 ABLATIONS: dict[str, list[str]] = {
     "no-consistency (lambda=0)": ["generator.consistency_lambda=0"],
-    "class-name prompts": ["generator.prompts=class-names"],
+    "aggregated captions (DPD) instead of class names": ["generator.prompts=captions"],
     "no prototype guidance": ["synthesis.guidance=none"],
     "img2img guidance (D4M)": ["synthesis.guidance=img2img"],
     "selection among 4 candidates": ["synthesis.candidates=4"],
@@ -144,6 +144,12 @@ def is_stale(dataset: str, ipc: str, method: str, item: dict[str, Any]) -> bool:
     return overrides is None or item.get("config_tag") != config_tag(dataset, int(ipc), overrides)
 
 
+def is_retired(key: str) -> bool:
+    """Whether a result names an ablation that the benchmark no longer runs (its row leaves the tables)."""
+    method = key.split("/", 2)[2]
+    return method.startswith("ablation: ") and method.removeprefix("ablation: ") not in ABLATIONS
+
+
 STALE_NOTE = ("† scored with an earlier version of the dataset's config (its command is in "
               "scripts/results/benchmark.json); run that item again to score the current config.")
 
@@ -180,6 +186,7 @@ def record(new: dict[str, Any], command: str, readme: bool) -> None:
     path = RESULTS / "benchmark.json"
     results = json.loads(path.read_text())["results"] if path.is_file() else {}
     results.update({key: {**item, "command": command} for key, item in new.items()})
+    results = {key: item for key, item in results.items() if not is_retired(key)}
     commands = sorted({item["command"] for item in results.values() if "command" in item})
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"commands": commands, "results": results}, indent=2, default=str))

@@ -71,3 +71,17 @@ def test_config_tag_follows_the_preset_behind_an_unchanged_config(monkeypatch: p
     wider = dataclasses.replace(scratch.PRESETS["scratch-cpu"], unet_channels=(96, 192, 192))
     monkeypatch.setitem(scratch.PRESETS, "scratch-cpu", wider)
     assert benchmark.config_tag("eurosat", 10, []) != before
+
+
+def test_record_drops_ablations_the_benchmark_no_longer_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    benchmark = load_benchmark()
+    monkeypatch.setattr(benchmark, "RESULTS", tmp_path)
+    row = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "ratio_to_full": None, "storage_ratio": None}
+    kept = f"eurosat/10/ablation: {next(iter(benchmark.ABLATIONS))}"
+    benchmark.record({kept: row, "eurosat/10/ablation: a label no longer benchmarked": row,
+                      "eurosat/10/random": row}, "cmd", readme=False)
+    results = json.loads((tmp_path / "benchmark.json").read_text())["results"]
+    assert sorted(results) == sorted([kept, "eurosat/10/random"])
+    assert "no longer benchmarked" not in (tmp_path / "benchmark.md").read_text()

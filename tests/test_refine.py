@@ -56,6 +56,26 @@ def test_matching_lowers_the_loss_and_moves_images_toward_their_class(real: Imag
     assert red[0] - red[2] > blue[0] - blue[2]
 
 
+def test_bf16_matching_moves_the_images_like_fp32_but_is_its_own_run(real: ImageArray) -> None:
+    images, labels = grey_set()
+    config = replace(TINY, iterations=20, learning_rate=10.0)
+    full, _ = refine_images(images, labels, real, 3, config, seed=0, progress=False)
+    bf16 = replace(config, mixed_precision="bf16")
+    half, report = refine_images(images, labels, real, 3, bf16, seed=0, progress=False)
+    again, _ = refine_images(images, labels, real, 3, bf16, seed=0, progress=False)
+    assert np.array_equal(half, again)
+    assert not np.array_equal(half, full)
+    assert report["loss_last_10_mean"] < report["loss_first"]
+    moved_full = full.astype(float) - images
+    moved_half = half.astype(float) - images
+    # The same direction and nearly the same size of step, image by image.
+    cosine = (moved_full * moved_half).sum() / np.sqrt((moved_full**2).sum() * (moved_half**2).sum())
+    assert cosine > 0.9
+    assert np.abs(moved_half).mean() == pytest.approx(np.abs(moved_full).mean(), rel=0.2)
+    with pytest.raises(RSDistillError, match=r"refine\.mixed_precision"):
+        refine_images(images, labels, real, 3, replace(config, mixed_precision="fp16"), progress=False)
+
+
 def test_step_scales_with_images_per_class_so_each_image_moves_alike(real: ImageArray) -> None:
     config = replace(TINY, learning_rate=1.0)
     assert step_size(config, np.repeat(np.arange(3), 1)) == 0.1
