@@ -136,7 +136,7 @@ class RefineConfig:
     `torch.compile` (about twice as fast on a CPU after a one-off compilation). `teacher_steps` > 0 first trains
     a ConvNet of `teacher_width` channels on the real images for that many steps and adds `teacher_weight`
     times its cross-entropy on the synthetic images to every iteration's loss. `mixed_precision` ``bf16`` runs
-    the matching networks under bf16 autocast (the images, their steps and the loss stay fp32): about 1.7x
+    the matching networks under bf16 autocast (the images, their steps and the loss stay fp32): about 1.8x
     faster on a CPU with avx512_bf16.
 
     `learning_rate` is the SGD step for a set of 10 images per class and scales with the images per class: a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,6 @@ def test_config_tag_follows_the_preset_behind_an_unchanged_config(monkeypatch: p
 
 
 def test_record_drops_ablations_the_benchmark_no_longer_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
     benchmark = load_benchmark()
     monkeypatch.setattr(benchmark, "RESULTS", tmp_path)
     row = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "ratio_to_full": None, "storage_ratio": None}
