@@ -137,9 +137,7 @@ class RefineConfig:
     a ConvNet of `teacher_width` channels on the real images for that many steps and adds `teacher_weight`
     times its cross-entropy on the synthetic images to every iteration's loss. `mixed_precision` ``bf16`` runs
     the matching networks under bf16 autocast (the images, their steps and the loss stay fp32): about 1.8x
-    faster on a CPU with avx512_bf16. `partition_weight` > 0 adds the partition loss: each real image of a batch
-    pulls the synthetic image of its class nearest to it in the network's embedding, so the images spread over
-    the class's modes instead of only matching its mean.
+    faster on a CPU with avx512_bf16.
 
     `learning_rate` is the SGD step for a set of 10 images per class and scales with the images per class: a
     class's mean embedding spreads its gradient over its images, so each image's share shrinks as 1/IPC, and the
@@ -158,7 +156,6 @@ class RefineConfig:
     teacher_width: int = 32
     teacher_weight: float = 1.0
     mixed_precision: str = "no"
-    partition_weight: float = 0.0
 
 
 @dataclass

@@ -118,9 +118,8 @@ class DistributionMatcher:
 
     def loss(self, synthetic: torch.Tensor, labels: torch.Tensor, class_means: torch.Tensor,
              iteration: int) -> torch.Tensor:
-        """Sum over classes of the squared distance between real and synthetic mean embeddings, plus
-        `partition_weight` times the partition loss, plus, with a teacher, `teacher_weight` times its
-        cross-entropy on the (augmented) synthetic images."""
+        """Sum over classes of the squared distance between real and synthetic mean embeddings, plus, with a
+        teacher, `teacher_weight` times its cross-entropy on the (augmented) synthetic images."""
         generator = torch.Generator().manual_seed(stream_seed(self.seed, "refine-net", iteration))
         weights = [w.to(self.device) for w in random_weights(self.config.width, self.config.depth, generator)]
         augmentation = generator.get_state()
@@ -133,33 +132,9 @@ class DistributionMatcher:
                               if self.teacher is not None else None)
         real_means = real.view(len(self.by_class), self.config.real_per_class, -1).mean(dim=1)
         loss = (real_means - class_means @ fake).pow(2).sum()
-        if self.config.partition_weight > 0:
-            real_labels = torch.arange(len(self.by_class), device=self.device)
-            real_labels = real_labels.repeat_interleave(self.config.real_per_class)
-            loss = loss + self.config.partition_weight * partition_loss(real, real_labels, fake, labels)
         if teacher_logits is not None:
             loss = loss + self.config.teacher_weight * F.cross_entropy(teacher_logits, labels)
         return loss
-
-
-def partition_loss(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor,
-                   fake_labels: torch.Tensor) -> torch.Tensor:
-    """Squared distance from each real embedding to the nearest synthetic embedding of its class, summed over
-    the real images and divided by their number per class.
-
-    Each class's real batch is thereby partitioned among the class's synthetic images, and each synthetic image
-    is pulled toward the mean of its own part, with a weight of the part's share of the batch: the set covers
-    the class's modes instead of only matching its mean. Real images of a class absent from the set are left
-    out. The partition itself carries no gradient.
-    """
-    present = torch.isin(real_labels, fake_labels)
-    real, real_labels = real[present], real_labels[present]
-    with torch.no_grad():
-        distances = torch.cdist(real, fake)
-        distances.masked_fill_(real_labels[:, None] != fake_labels[None, :], float("inf"))
-        nearest = distances.argmin(dim=1)
-    per_class = torch.unique(real_labels, return_counts=True)[1].float().mean()
-    return (real - fake[nearest]).pow(2).sum() / per_class
 
 
 def refine_autocast_dtype(config: RefineConfig) -> torch.dtype | None:
@@ -277,8 +252,6 @@ def refine_set(
     """
     if config.iterations < 1:
         raise RSDistillError("refine.iterations must be at least 1 (set it to 0 to leave refinement out).")
-    if config.partition_weight < 0:
-        raise RSDistillError("refine.partition_weight must be >= 0 (0: match the class means only).")
     if config.teacher_steps < 0 or config.teacher_weight < 0:
         raise RSDistillError("refine.teacher_steps and refine.teacher_weight must be >= 0 (teacher_steps 0: "
                              "no teacher).")

@@ -19,7 +19,6 @@ HELP = {
     "teacher_steps": "train a teacher ConvNet on the real images for this many steps first (0: no teacher)",
     "teacher_width": "channels of the teacher ConvNet",
     "teacher_weight": "weight of the teacher's cross-entropy on the refined images",
-    "partition_weight": "weight of the partition loss: each real image pulls its nearest synthetic image (0: off)",
     "mixed_precision": "no or bf16: autocast for the matching networks (images, steps and loss stay fp32)",
 }
 

@@ -19,7 +19,7 @@ from distill.data import ImageArray, load_dataset
 from distill.errors import RSDistillError
 from distill.imageset import read_image_set, write_image_set
 from distill.matching_networks import logits, random_head, random_weights, train_teacher
-from distill.refine import DistributionMatcher, partition_loss, refine_images, refine_set, step_size
+from distill.refine import DistributionMatcher, refine_images, refine_set, step_size
 
 TINY = RefineConfig(iterations=6, width=8, depth=2, real_per_class=4, checkpoint_every=2, compile=False)
 
@@ -164,49 +164,6 @@ def test_bad_settings_are_named(
         refine_images(images, labels, missing, 3, TINY, progress=False)
 
 
-def test_partition_loss_pulls_each_synthetic_image_toward_the_real_images_nearest_to_it() -> None:
-    real = torch.tensor([[0.0], [1.0], [10.0], [5.0]])
-    real_labels = torch.tensor([0, 0, 0, 1])  # class 1 has no synthetic image: its real image is left out
-    fake = torch.tensor([[0.5], [9.0], [100.0]], requires_grad=True)
-    fake_labels = torch.tensor([0, 0, 2])
-    loss = partition_loss(real, real_labels, fake, fake_labels)
-    assert loss.item() == pytest.approx((0.25 + 0.25 + 1.0) / 3)
-    (gradient,) = torch.autograd.grad(loss, fake)
-    # 0.5 sits at the mean of its part {0, 1}; 9 is pulled toward 10; 100 is nobody's nearest.
-    assert gradient.flatten().tolist() == pytest.approx([0.0, -2 / 3, 0.0])
-
-
-def test_partition_term_at_one_image_per_class_only_doubles_the_class_mean_gradient(real: ImageArray) -> None:
-    images, labels = grey_set()
-    images, labels = images[::2], labels[::2]
-    config = replace(TINY, iterations=10, learning_rate=20.0)
-    plain, _ = refine_images(images, labels, real, 3, config, seed=0, progress=False)
-    doubled = replace(config, partition_weight=1.0, learning_rate=10.0)
-    halved_step, _ = refine_images(images, labels, real, 3, doubled, seed=0, progress=False)
-    assert not np.array_equal(plain, images)
-    assert np.abs(plain.astype(int) - halved_step).max() <= 1
-
-
-def test_partition_term_spreads_a_class_over_its_modes() -> None:
-    rng = np.random.default_rng(0)
-    red, blue = np.array([220, 30, 30]), np.array([30, 30, 220])
-    modes = np.concatenate([np.repeat(red[None], 16, 0), np.repeat(blue[None], 16, 0)])
-    bimodal = np.clip(modes[:, None, None] + rng.normal(0, 10, (32, 16, 16, 3)), 0, 255).astype(np.uint8)
-    real = ImageArray(bimodal, np.zeros(32, dtype=int), [f"k{i}" for i in range(32)])
-    start = np.stack([np.full((16, 16, 3), [140, 100, 120]), np.full((16, 16, 3), [120, 100, 140])]).astype(np.uint8)
-    labels = np.zeros(2, dtype=int)
-    config = replace(TINY, iterations=60, real_per_class=16, learning_rate=20.0)
-
-    def red_minus_blue_gap(images: np.ndarray) -> float:
-        redness = images[..., 0].astype(float).mean(axis=(1, 2)) - images[..., 2].astype(float).mean(axis=(1, 2))
-        return float(redness[0] - redness[1])
-
-    means_only, _ = refine_images(start, labels, real, 1, config, seed=0, progress=False)
-    partitioned, _ = refine_images(start, labels, real, 1, replace(config, partition_weight=1.0), seed=0,
-                                   progress=False)
-    assert red_minus_blue_gap(partitioned) > red_minus_blue_gap(means_only) + 20
-
-
 def test_teacher_learns_the_real_classes(real: ImageArray) -> None:
     pixels = torch.from_numpy(real.images).permute(0, 3, 1, 2).float() / 255 - 0.5
     labels = torch.as_tensor(real.labels)
@@ -234,5 +191,3 @@ def test_teacher_settings_are_checked(
     dataset = load_dataset(f"imagefolder:{make_imagefolder(size=16)}")
     with pytest.raises(RSDistillError, match=r"refine\.teacher_steps"):
         refine_set(tmp_path, dataset, replace(TINY, teacher_steps=-1), tmp_path / "x")
-    with pytest.raises(RSDistillError, match=r"refine\.partition_weight"):
-        refine_set(tmp_path, dataset, replace(TINY, partition_weight=-1.0), tmp_path / "x")
