@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from distill.data import SceneDataset, to_rgb_resized
+from distill.data import ImageArray, SceneDataset, to_rgb_resized
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 DEFAULT_SPACE = "pixels16"
@@ -74,11 +74,7 @@ class NearestReal:
     ) -> NearestReal:
         """Encodes the dataset's train split (decoded at `resolution`) once, in the space named."""
         if space == DEFAULT_SPACE:
-            train = dataset.images("train", resolution, cache_dir=cache_dir)
-            features = np.concatenate(
-                [pixels16(train.images[i : i + 2048]) for i in range(0, len(train), 2048)]
-            )
-            return cls(features, list(train.keys), pixels16, space, resolution)
+            return cls.in_pixels16(dataset.images("train", resolution, cache_dir=cache_dir), resolution)
         from prototypes.encoders import load_encoder
         from prototypes.features import encode_split
 
@@ -91,6 +87,12 @@ class NearestReal:
             space,
             resolution,
         )
+
+    @classmethod
+    def in_pixels16(cls, train: ImageArray, resolution: int) -> NearestReal:
+        """The default space over train images already decoded at `resolution`."""
+        features = np.concatenate([pixels16(train.images[i : i + 2048]) for i in range(0, len(train), 2048)])
+        return cls(features, list(train.keys), pixels16, DEFAULT_SPACE, resolution)
 
     def query(self, images: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Nearest train key and its distance (1 - cosine) for each uint8 image (N, H, W, 3)."""

@@ -25,12 +25,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from distill.artifacts import Stage
-from distill.config import RefineConfig
+from distill.config import RefineConfig, SynthesisConfig
 from distill.data import ImageArray, SceneDataset, replace_atomically
 from distill.errors import RSDistillError
 from distill.finetune_data import stream_seed
 from distill.imageset import read_image_set, read_records, sample_grid, write_image_set
 from distill.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
+from distill.near_copy import DEFAULT_SPACE, NearestReal
 from distill.runtime import autocast_dtype, resolve_device
 
 SET_FOLDER = "set"
@@ -269,12 +270,20 @@ def refine_set(
     with stage.build(extra) as work:
         refined, report = refine_images(image_set.images, image_set.labels, real, len(dataset.classes), config,
                                         seed=seed, device=device, state_path=work / STATE_FILE)
-        records = [{**record, "refined": "distribution-matching"} for record in image_set.records]
+        # Refinement moves the images, so how near each now lies to a train image is measured again, in
+        # synthesis's default space and threshold.
+        near_copy = SynthesisConfig()
+        nearest_keys, distances = NearestReal.in_pixels16(real, resolution).query(refined)
+        records = [{**record, "refined": "distribution-matching", "nearest_real": key,
+                    "nearest_real_distance": round(float(distance), 4)}
+                   for record, key, distance in zip(image_set.records, nearest_keys, distances, strict=True)]
         stems = [Path(record["file_name"]).stem for record in image_set.records]
         write_image_set(work / SET_FOLDER, refined, image_set.labels, dataset.classes, records, stems)
         grid = sample_grid(refined, image_set.labels, len(dataset.classes))
         Image.fromarray(grid).save(work / GRID_FILE, format="PNG")
         (work / STATE_FILE).unlink(missing_ok=True)
         change = np.abs(refined.astype(np.int16) - image_set.images.astype(np.int16)).mean()
-        extra.update(report, images=len(refined), mean_abs_pixel_change=round(float(change), 3))
+        extra.update(report, images=len(refined), mean_abs_pixel_change=round(float(change), 3),
+                     near_copies=int((distances < near_copy.near_copy_threshold).sum()),
+                     near_copy_space=DEFAULT_SPACE, near_copy_threshold=near_copy.near_copy_threshold)
     return stage.path / SET_FOLDER

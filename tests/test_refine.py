@@ -139,6 +139,8 @@ def test_stage_writes_a_set_with_its_records_and_is_kept_when_done(
     assert all(r["refined"] == "distribution-matching" for r in refined.records)
     manifest = read_manifest(tmp_path / "refine")
     assert manifest["iterations"] == 6 and manifest["images"] == 6
+    assert manifest["near_copies"] == 0  # grey noise is no copy of the tinted train images
+    assert all(r["nearest_real_distance"] > manifest["near_copy_threshold"] for r in refined.records)
     assert (tmp_path / "refine" / "sample_grid.png").is_file()
     assert not (tmp_path / "refine" / "refine_state.pt").exists()
     assert refine_set(source, dataset, TINY, tmp_path / "refine", resolution=16) == out
@@ -150,6 +152,21 @@ def test_stage_writes_a_set_with_its_records_and_is_kept_when_done(
     assert main(argv) == 0
     assert "refined set:" in capsys.readouterr().out
     assert json.loads((tmp_path / "cli" / "manifest.json").read_text())["iterations"] == 2
+
+
+def test_stage_flags_refined_images_that_still_copy_a_train_image(
+    make_imagefolder: Callable[..., Path], tmp_path: Path
+) -> None:
+    dataset = load_dataset(f"imagefolder:{make_imagefolder(size=16)}")
+    train = dataset.images("train", 16)
+    picks = np.array([0, 8, 16])  # one train image of each class, copied into the set
+    source = write_image_set(tmp_path / "set", train.images[picks], train.labels[picks], dataset.classes,
+                             [{"method": "copied"} for _ in picks], [f"copy_{i}" for i in range(len(picks))])
+    out = refine_set(source, dataset, replace(TINY, iterations=2, learning_rate=0.1), tmp_path / "refine",
+                     resolution=16)
+    assert read_manifest(tmp_path / "refine")["near_copies"] == 3
+    assert [r["nearest_real"] for r in read_image_set(out, dataset.classes).records] == \
+        [train.keys[i] for i in picks]
 
 
 def test_bad_settings_are_named(
