@@ -31,7 +31,7 @@ from distill.errors import RSDistillError
 from distill.finetune_data import stream_seed
 from distill.imageset import read_image_set, read_records, sample_grid, write_image_set
 from distill.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
-from distill.near_copy import DEFAULT_SPACE, NearestReal
+from distill.near_copy import NearestReal
 from distill.runtime import autocast_dtype, resolve_device
 
 SET_FOLDER = "set"
@@ -272,8 +272,9 @@ def refine_set(
                                         seed=seed, device=device, state_path=work / STATE_FILE)
         # Refinement moves the images, so how near each now lies to a train image is measured again, in
         # synthesis's default space and threshold.
-        near_copy = SynthesisConfig()
-        nearest_keys, distances = NearestReal.in_pixels16(real, resolution).query(refined)
+        nearest = NearestReal.in_pixels16(real, resolution)
+        nearest_keys, distances = nearest.query(refined)
+        threshold = SynthesisConfig.near_copy_threshold
         records = [{**record, "refined": "distribution-matching", "nearest_real": key,
                     "nearest_real_distance": round(float(distance), 4)}
                    for record, key, distance in zip(image_set.records, nearest_keys, distances, strict=True)]
@@ -284,6 +285,6 @@ def refine_set(
         (work / STATE_FILE).unlink(missing_ok=True)
         change = np.abs(refined.astype(np.int16) - image_set.images.astype(np.int16)).mean()
         extra.update(report, images=len(refined), mean_abs_pixel_change=round(float(change), 3),
-                     near_copies=int((distances < near_copy.near_copy_threshold).sum()),
-                     near_copy_space=DEFAULT_SPACE, near_copy_threshold=near_copy.near_copy_threshold)
+                     near_copies=int((distances < threshold).sum()), near_copy_space=nearest.space,
+                     near_copy_threshold=threshold)
     return stage.path / SET_FOLDER
