@@ -74,7 +74,7 @@ class NearestReal:
     ) -> NearestReal:
         """Encodes the dataset's train split (decoded at `resolution`) once, in the space named."""
         if space == DEFAULT_SPACE:
-            return cls.in_pixels16(dataset.images("train", resolution, cache_dir=cache_dir), resolution)
+            return cls.in_pixels16(dataset.images("train", resolution, cache_dir=cache_dir))
         from prototypes.encoders import load_encoder
         from prototypes.features import encode_split
 
@@ -89,10 +89,10 @@ class NearestReal:
         )
 
     @classmethod
-    def in_pixels16(cls, train: ImageArray, resolution: int) -> NearestReal:
-        """The default space over train images already decoded at `resolution`."""
+    def in_pixels16(cls, train: ImageArray) -> NearestReal:
+        """The default space over train images already decoded (queries must come at their resolution)."""
         features = np.concatenate([pixels16(train.images[i : i + 2048]) for i in range(0, len(train), 2048)])
-        return cls(features, list(train.keys), pixels16, DEFAULT_SPACE, resolution)
+        return cls(features, list(train.keys), pixels16, DEFAULT_SPACE, train.images.shape[1])
 
     def query(self, images: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Nearest train key and its distance (1 - cosine) for each uint8 image (N, H, W, 3)."""

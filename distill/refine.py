@@ -272,7 +272,7 @@ def refine_set(
                                         seed=seed, device=device, state_path=work / STATE_FILE)
         # Refinement moves the images, so how near each now lies to a train image is measured again, in
         # synthesis's default space and threshold.
-        nearest = NearestReal.in_pixels16(real, resolution)
+        nearest = NearestReal.in_pixels16(real)
         nearest_keys, distances = nearest.query(refined)
         threshold = SynthesisConfig.near_copy_threshold
         records = [{**record, "refined": "distribution-matching", "nearest_real": key,
