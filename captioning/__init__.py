@@ -2,17 +2,17 @@
 
 Python API::
 
-    from captioning import run_captions, load_captions, load_prompts
+    from rsdistill.captioning import run_captions, load_captions, load_prompts
     folder = run_captions(dataset, CaptionConfig(), run_dir / "captions", resolution=64,
                           prototypes=run_dir / "prototypes")
     captions = load_captions(folder)   # {"River/River_1.jpg": "a satellite image of a river scene, ..."}
     prompts = load_prompts(folder)     # [{"id": "River/0", "class": "River", "label": 8, "prompt": ..., ...}]
 """
 
-from captioning.aggregate import RULES, Group, PromptFitter, TextEmbedder, aggregate
-from captioning.attributes import AttributeCaptioner, measure
-from captioning.names import plain_words, scene_phrase
-from captioning.stage import build_captioner, load_captions, load_prompts, read_prototypes, run_captions
+from rsdistill.captioning.aggregate import RULES, Group, PromptFitter, TextEmbedder, aggregate
+from rsdistill.captioning.attributes import AttributeCaptioner, measure
+from rsdistill.captioning.stage import build_captioner, load_captions, load_prompts, read_prototypes, run_captions
+from rsdistill.data.names import plain_words, scene_phrase
 
 __all__ = [
     "RULES",

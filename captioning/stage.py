@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from captioning.aggregate import Group, PromptFitter, TextEmbedder, aggregate
-from captioning.attributes import AttributeCaptioner
-from captioning.names import scene_phrase
-from distill.artifacts import Stage, read_manifest
-from distill.config import CaptionConfig
-from distill.data import ImageArray, SceneDataset, write_text_atomic
-from distill.errors import RSDistillError
-from distill.runtime import resolve_device
+from rsdistill.captioning.aggregate import Group, PromptFitter, TextEmbedder, aggregate
+from rsdistill.captioning.attributes import AttributeCaptioner
+from rsdistill.core.artifacts import Stage, read_manifest
+from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.config import CaptionConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.core.runtime import resolve_device
+from rsdistill.data.dataset import ImageArray, SceneDataset
+from rsdistill.data.names import scene_phrase
 
 STAGE = "captions"
 METADATA = "metadata.jsonl"
@@ -75,7 +76,7 @@ def build_captioner(config: CaptionConfig, classes: list[str], device: str) -> A
             raise RSDistillError(
                 "The hf captioner needs a model: pass --model <hub id or folder> (captions.model)."
             )
-        from captioning.vlm import HFCaptioner
+        from rsdistill.captioning.vlm import HFCaptioner
 
         return HFCaptioner(
             config.model, config.prompt, device, config.dtype, config.batch_size, config.max_new_tokens

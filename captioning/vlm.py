@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captioning.aggregate import reason
-from distill.errors import RSDistillError
-from distill.runtime import resolve_device
+from rsdistill.captioning.aggregate import reason
+from rsdistill.core.errors import RSDistillError
+from rsdistill.core.runtime import resolve_device
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -17,14 +17,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distill.artifacts import Stage, fingerprint, read_manifest
-from distill.config import GeneratorConfig, RunConfig, dump_config, to_dict
-from distill.data import SceneDataset, load_dataset, stratified_holdout, write_text_atomic
-from distill.errors import RSDistillError
-from distill.runtime import resolve_device, seed_everything
+from rsdistill.core.artifacts import Stage, fingerprint, read_manifest
+from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.config import GeneratorConfig, RunConfig, dump_config, to_dict
+from rsdistill.core.errors import RSDistillError
+from rsdistill.core.runtime import resolve_device, seed_everything
+from rsdistill.data.dataset import SceneDataset, stratified_holdout
+from rsdistill.data.sources import load_dataset
 
 if TYPE_CHECKING:
-    from distill.scratch import ScratchPreset
+    from rsdistill.generator.scratch import ScratchPreset
 
 
 def slug(dataset: SceneDataset) -> str:
@@ -63,7 +65,7 @@ class Run:
     # Stage 4a: the base bundle (from scratch) or, for a pretrained bundle, its latent classifier alone.
     def base_generator(self) -> tuple[Path, Path]:
         """Returns (bundle folder to fine-tune, latent classifier folder)."""
-        from distill.bundle import CLASSIFIER_FOLDER
+        from rsdistill.generator.bundle import CLASSIFIER_FOLDER
 
         g = self.config.generator
         settings = base_settings(g)
@@ -81,15 +83,15 @@ class Run:
     def _build_base(self, work: Path) -> None:
         g, data = self.config.generator, self.config.data
         if g.pretrained_model_name_or_path is None:
-            from distill.scratch import init_scratch
+            from rsdistill.generator.scratch import init_scratch
 
             init_scratch(self.dataset, work, preset=scratch_preset(g), preset_name=g.preset, seed=self.config.seed,
                          cache_dir=data.cache_dir, device=resolve_device(self.config.device),
                          mixed_precision=g.mixed_precision)
             return
-        from distill.bundle import CLASSIFIER_FOLDER, load_bundle
-        from distill.finetune_data import encode_latents
-        from distill.latent_classifier import DEFAULT_CLASSIFIER_STEPS, train_latent_classifier
+        from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+        from rsdistill.generator.finetune_data import encode_latents
+        from rsdistill.generator.latent_classifier import DEFAULT_CLASSIFIER_STEPS, train_latent_classifier
 
         bundle = load_bundle(g.pretrained_model_name_or_path, g.class_labels_value)
         train = self.dataset.images("train", g.resolution, cache_dir=data.cache_dir)
@@ -106,7 +108,7 @@ class Run:
     def image_captions(self) -> Path | None:
         if self.config.generator.prompts != "captions":
             return None
-        from captioning import run_captions
+        from rsdistill.captioning import run_captions
 
         settings = to_dict(self.config.captions)
         inputs = {"data": self.dataset.fingerprint, "resolution": str(self.config.data.resolution)}
@@ -119,8 +121,8 @@ class Run:
 
     # Stage 4b: the generator fine-tuned with the classifier-consistency loss.
     def generator(self, base: Path, classifier: Path, captions: Path | None) -> Path:
-        from distill.finetune import finetune
-        from distill.finetune_config import config_from_generator
+        from rsdistill.generator.finetune import finetune
+        from rsdistill.generator.finetune_config import config_from_generator
 
         g = self.config.generator
         settings = {k: v for k, v in asdict(g).items() if k in FINETUNE_SETTINGS}
@@ -139,7 +141,7 @@ class Run:
         return folder
 
     def prototypes(self, bundle: Path) -> Path:
-        from prototypes import run_prototypes
+        from rsdistill.prototypes import run_prototypes
 
         data = self.config.data
         folder = run_prototypes(self.dataset, self.config.prototypes, self.run_dir, seed=self.config.seed,
@@ -151,7 +153,7 @@ class Run:
     def prompts(self, prototypes: Path, captions: Path | None) -> Path | None:
         if self.config.generator.prompts != "captions":
             return None
-        from captioning import run_captions
+        from rsdistill.captioning import run_captions
 
         folder = run_captions(self.dataset, self.config.captions, self.run_dir / "prompts",
                               resolution=self.config.data.resolution, prototypes=prototypes,
@@ -161,7 +163,7 @@ class Run:
         return folder
 
     def synthesis(self, bundle: Path, prototypes: Path, prompts: Path | None) -> Path:
-        from distill.synthesis import synthesize
+        from rsdistill.synthesis.synthesize import synthesize
 
         set_dir = synthesize(bundle, prototypes, prompts, self.dataset, self.config.synthesis,
                              self.run_dir / "synthesis", seed=self.config.seed, ipc=self.config.prototypes.ipc,
@@ -175,7 +177,7 @@ class Run:
     def refinement(self, set_dir: Path) -> Path:
         if self.config.refine.iterations == 0:
             return set_dir
-        from distill.refine import refine_set
+        from rsdistill.synthesis.refine import refine_set
 
         folder = self.run_dir / "refine"
         refined = refine_set(set_dir, self.dataset, self.config.refine, folder, seed=self.config.seed,
@@ -185,7 +187,7 @@ class Run:
         return refined
 
     def evaluation(self, set_dir: Path) -> Path:
-        from evaluate.evaluation import evaluate_sets
+        from rsdistill.evaluate.evaluation import evaluate_sets
 
         out = self.run_dir / "report"
         evaluate_sets([set_dir], self.dataset, self.config.evaluation, out, device=self.config.device,
@@ -204,7 +206,7 @@ FINETUNE_SETTINGS = frozenset({
 
 def scratch_preset(g: GeneratorConfig) -> ScratchPreset:
     """The from-scratch preset named by `g`, with the sizes and step counts `g` overrides."""
-    from distill.scratch import get_preset
+    from rsdistill.generator.scratch import get_preset
 
     return get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps, classifier_steps=g.classifier_steps)
 

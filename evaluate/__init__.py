@@ -5,10 +5,11 @@ Entry points: :func:`evaluate_sets` (what ``rsdistill evaluate`` runs), :class:`
 teacher and exported feature extractor).
 """
 
-from evaluate.evaluation import evaluate_sets, load_set
-from evaluate.protocol import Protocol, Trainer, steps_for_passes
-from evaluate.scoring import Score, Scorer, fixed, random_draw, score_arrays, train_stats
-from evaluate.teacher import (
+from rsdistill.evaluate.context import load_set
+from rsdistill.evaluate.evaluation import evaluate_sets
+from rsdistill.evaluate.protocol import Protocol, Trainer, steps_for_passes
+from rsdistill.evaluate.scoring import Score, Scorer, fixed, random_draw, score_arrays, train_stats
+from rsdistill.evaluate.teacher import (
     FullReference,
     export_feature_extractor,
     extract_features,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distill.errors import RSDistillError
+from rsdistill.core.errors import RSDistillError
 
 TEMPLATE = "a satellite photo of {}."
 

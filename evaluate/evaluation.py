@@ -11,70 +11,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from distill.artifacts import PeakMemory
-from distill.config import EvalConfig, to_dict
-from distill.data import FolderSource, ImageArray, SceneDataset
-from distill.errors import RSDistillError
-from distill.imageset import read_image_set
-from evaluate.protocol import Protocol, steps_for_passes
-from evaluate.scoring import Draw, Score, Scorer, fixed, random_draw
-from evaluate.teacher import FullReference, full_passes, full_reference
+from rsdistill.core.artifacts import PeakMemory
+from rsdistill.core.config import EvalConfig, to_dict
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import FolderSource, SceneDataset
+from rsdistill.evaluate import report as reporting
+from rsdistill.evaluate.context import Evaluation, load_set
+from rsdistill.evaluate.measures import measure_set
+from rsdistill.evaluate.protocol import Protocol, steps_for_passes
+from rsdistill.evaluate.scoring import Scorer, fixed, random_draw
+from rsdistill.evaluate.teacher import full_passes, full_reference
 
 TRAIN_ON = ("set", "real+set", "real")
 METRICS = ("fid", "kid", "prdc", "privacy", "mia", "clip")
 BUILTIN_BASELINES = ("random", "full")
 CORESET_METHODS = ("herding", "kcenter", "kmeans")
-
-
-@dataclass
-class EvalSet:
-    """A set read for evaluation, with what the report says about it."""
-
-    name: str
-    path: Path
-    method: str
-    images: np.ndarray
-    labels: np.ndarray
-    records: list[dict[str, Any]]
-    per_class: dict[str, int]
-    storage_bytes: int
-
-    @property
-    def uneven(self) -> bool:
-        return len(set(self.per_class.values())) > 1
-
-    @property
-    def ipc(self) -> int:
-        """Images per class (the rounded mean for an uneven set, which the report labels)."""
-        return round(len(self.labels) / len(self.per_class))
-
-    @property
-    def texts(self) -> list[str]:
-        return [str(r.get("text") or "") for r in self.records]
-
-
-def load_set(path: str | Path, dataset: SceneDataset, resolution: int) -> EvalSet:
-    """Reads a set in the common format at `resolution` (class names and images checked)."""
-    image_set = read_image_set(path, dataset.classes, resolution=resolution)
-    methods = {str(r.get("method")) for r in image_set.records if r.get("method")}
-    path = Path(path)
-    return EvalSet(
-        name=path.name,
-        path=path,
-        method=methods.pop() if len(methods) == 1 else path.name,
-        images=image_set.images,
-        labels=image_set.labels,
-        records=image_set.records,
-        per_class=image_set.per_class(),
-        storage_bytes=image_set.storage_bytes(),
-    )
 
 
 def real_train_bytes(dataset: SceneDataset) -> int | None:
@@ -116,42 +73,6 @@ def check_options(config: EvalConfig, set_dirs: Sequence[str | Path]) -> None:
         raise RSDistillError("The clip metric needs --clip-model (an open_clip name, hf-hub:ID or local-dir:PATH).")
 
 
-@dataclass
-class Evaluation:
-    """The state of one evaluation run (what `evaluate_sets` builds up)."""
-
-    dataset: SceneDataset
-    config: EvalConfig
-    scorer: Scorer
-    train: ImageArray
-    full: FullReference | None = None
-    reference: FullReference | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    models: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def seeds(self) -> list[int]:
-        return list(range(self.config.runs))
-
-    def training_draw(self, images: np.ndarray, labels: np.ndarray) -> Draw:
-        if self.config.train_on == "set":
-            return fixed(images, labels)
-        real = np.asarray(self.train.images)
-        return fixed(np.concatenate([real, images]), np.concatenate([self.train.labels, labels]))
-
-    def score(self, draw: Draw, desc: str, keep_first: bool) -> Score:
-        return self.scorer.score(draw, self.seeds, desc=desc, keep_first=keep_first)
-
-    def accuracy_row(self, score: Score) -> dict[str, Any]:
-        row: dict[str, Any] = {"accuracy": {k: getattr(score, k) for k in ("mean", "std", "runs", "seeds")},
-                               "n_train": score.n_train,
-                               "timing": {k: getattr(score, k) for k in ("train_s", "test_s", "compile_s", "wall_s")}}
-        if self.full is not None:
-            row["ratio_to_full"] = score.mean / self.full.accuracy
-        return row
-
-
 def evaluate_sets(
     set_dirs: Sequence[str | Path],
     dataset: SceneDataset,
@@ -173,9 +94,6 @@ def evaluate_sets(
     Returns:
         The report dict (as written to report.json).
     """
-    from evaluate import report as reporting
-    from evaluate.measures import measure_set
-
     config = config or EvalConfig()
     check_options(config, set_dirs)
     if not set_dirs and not config.ipc and config.train_on == "set" and "full" not in config.baselines:

@@ -6,21 +6,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from distill.errors import RSDistillError
-from evaluate.clipscore import clip_metrics, load_clip
-from evaluate.metrics import inception_features, realism_metrics, split_features
-from evaluate.privacy import (
+from rsdistill.core.errors import RSDistillError
+from rsdistill.evaluate.clipscore import clip_metrics, load_clip
+from rsdistill.evaluate.metrics import inception_features, realism_metrics, split_features
+from rsdistill.evaluate.privacy import (
     balanced_sample,
     loss_threshold_auc,
     near_copy_summary,
     nearest_real,
     per_sample_loss,
 )
-from evaluate.scoring import random_subset_indices
-from evaluate.teacher import extract_features, load_feature_extractor
+from rsdistill.evaluate.scoring import random_subset_indices
+from rsdistill.evaluate.teacher import extract_features, load_feature_extractor
 
 if TYPE_CHECKING:
-    from evaluate.evaluation import EvalSet, Evaluation
+    from rsdistill.evaluate.context import EvalSet, Evaluation
 
 
 def measure_set(run: Evaluation, entry: EvalSet) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import scipy.linalg
 import torch
 from tqdm.auto import tqdm
 
-from distill.data import SceneDataset, cache_folder
-from distill.errors import RSDistillError
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import SceneDataset, cache_folder
 
 
 def _fid_helper(device: str | torch.device = "cpu"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.errors import RSDistillError
+from rsdistill.core.errors import RSDistillError
 
 MODELS = ("convnet3", "resnet18", "efficientnet-lite0")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from evaluate.protocol import Trainer, to_uint8_tensor
+from rsdistill.evaluate.protocol import Trainer, to_uint8_tensor
 
 
 def _gaussian(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

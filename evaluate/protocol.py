@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill.errors import RSDistillError
-from distill.runtime import bf16_supported
-from evaluate.augment import augment
-from evaluate.networks import MODELS, build_network
+from rsdistill.core.errors import RSDistillError
+from rsdistill.core.runtime import bf16_supported
+from rsdistill.evaluate.augment import augment
+from rsdistill.evaluate.networks import MODELS, build_network
 
 LABELS = ("hard", "soft")
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -14,10 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from distill.data import write_text_atomic
+from rsdistill.core.atomic import write_text_atomic
 
 if TYPE_CHECKING:
-    from evaluate.evaluation import EvalSet, Evaluation
+    from rsdistill.evaluate.context import EvalSet, Evaluation
 
 
 def _slug(name: str) -> str:

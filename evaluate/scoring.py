@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.data import ImageArray, SceneDataset, cache_folder, write_text_atomic
-from distill.runtime import resolve_device
-from evaluate.protocol import Normalizer, Protocol, Trainer, to_uint8_tensor
+from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.runtime import resolve_device
+from rsdistill.data.dataset import ImageArray, SceneDataset, cache_folder
+from rsdistill.evaluate.protocol import Normalizer, Protocol, Trainer, to_uint8_tensor
 
 # A training set for one run: uint8 (N, H, W, 3) images and int64 labels.
 Draw = Callable[[int], tuple[np.ndarray, np.ndarray]]
@@ -50,7 +51,7 @@ def train_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of the real train split in [0, 1] units, cached beside the decoded images.
 
-    Same values as :func:`distill.data.normalization_stats`, accumulated in float64 a chunk at a time so
+    Same values as :func:`rsdistill.data.dataset.normalization_stats`, accumulated in float64 a chunk at a time so
     large splits do not need a float64 copy of every pixel.
     """
     path = cache_folder(dataset, cache_dir) / f"train-{resolution}px-stats.json"

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.artifacts import Stage
-from distill.data import SceneDataset, default_cache_root
-from distill.errors import RSDistillError
-from evaluate.networks import build_network, penultimate
-from evaluate.protocol import Protocol, steps_for_passes
-from evaluate.scoring import Scorer, fixed
+from rsdistill.core.artifacts import Stage
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import SceneDataset, default_cache_root
+from rsdistill.evaluate.networks import build_network, penultimate
+from rsdistill.evaluate.protocol import Protocol, steps_for_passes
+from rsdistill.evaluate.scoring import Scorer, fixed
 
 FULL_PASSES = {"eurosat": 10}
 DEFAULT_PASSES = 30

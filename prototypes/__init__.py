@@ -1,12 +1,12 @@
 """Stage 2: encoders, per-class k-means prototypes with a representative rule, and coreset baselines."""
 
-from prototypes.coreset import METHODS, herding, kcenter, select_coreset, write_coreset
-from prototypes.encoders import Encoder, load_encoder
-from prototypes.features import Features, encode_split
-from prototypes.kmeans import Clustering, cluster
-from prototypes.representatives import RULES, choose_representatives
-from prototypes.schema import Prototype, PrototypeSet, load_prototypes
-from prototypes.stage import build_prototypes, run_prototypes
+from rsdistill.prototypes.coreset import METHODS, herding, kcenter, select_coreset, write_coreset
+from rsdistill.prototypes.encoders import Encoder, load_encoder
+from rsdistill.prototypes.features import Features, encode_split
+from rsdistill.prototypes.kmeans import Clustering, cluster
+from rsdistill.prototypes.representatives import RULES, choose_representatives
+from rsdistill.prototypes.schema import Prototype, PrototypeSet, load_prototypes
+from rsdistill.prototypes.stage import build_prototypes, run_prototypes
 
 __all__ = [
     "METHODS",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from distill.errors import RSDistillError
-from prototypes.kmeans import FAISS_MIN_POINTS_PER_CENTROID
+from rsdistill.core.errors import RSDistillError
+from rsdistill.prototypes.kmeans import FAISS_MIN_POINTS_PER_CENTROID
 
 
 def check_ipc(counts: dict[str, int], ipc: int, setting: str = "--ipc") -> None:

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from distill.data import SceneDataset
-from distill.errors import RSDistillError
-from distill.imageset import METADATA, write_image_set
-from prototypes.checks import check_ipc, note_small_classes
-from prototypes.encoders import load_encoder
-from prototypes.features import encode_split
-from prototypes.kmeans import cluster
-from prototypes.representatives import choose_representatives
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.data.imageset import METADATA, write_image_set
+from rsdistill.prototypes.checks import check_ipc, note_small_classes
+from rsdistill.prototypes.encoders import load_encoder
+from rsdistill.prototypes.features import encode_split
+from rsdistill.prototypes.kmeans import cluster
+from rsdistill.prototypes.representatives import choose_representatives
 
 METHODS = ("random", "herding", "kcenter", "kmeans")
 

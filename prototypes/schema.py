@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from distill.data import write_text_atomic
-from distill.errors import RSDistillError
+from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.errors import RSDistillError
 
 PROTOTYPES_FILE = "prototypes.json"
 CENTROIDS_FILE = "centroids.npy"

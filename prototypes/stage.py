@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.artifacts import Stage
-from distill.config import PrototypeConfig
-from distill.data import SceneDataset
-from distill.errors import RSDistillError
-from prototypes.checks import check_ipc, note_small_classes
-from prototypes.encoders import load_encoder
-from prototypes.features import Features, encode_split
-from prototypes.kmeans import cluster
-from prototypes.representatives import RULES, choose_representatives
-from prototypes.schema import Prototype, PrototypeSet
+from rsdistill.core.artifacts import Stage
+from rsdistill.core.config import PrototypeConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.prototypes.checks import check_ipc, note_small_classes
+from rsdistill.prototypes.encoders import load_encoder
+from rsdistill.prototypes.features import Features, encode_split
+from rsdistill.prototypes.kmeans import cluster
+from rsdistill.prototypes.representatives import RULES, choose_representatives
+from rsdistill.prototypes.schema import Prototype, PrototypeSet
 
 
 def class_indices(features: Features, label: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from distill.data import load_dataset
+from rsdistill.data.sources import load_dataset
 
 
 def timed_load(dataset, split: str, resolution: int, cache_dir: str) -> tuple[float, np.ndarray]:

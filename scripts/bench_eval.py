@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from distill.data import load_dataset
-from evaluate.networks import build_network
-from evaluate.protocol import Protocol
-from evaluate.scoring import Scorer, fixed, random_subset_indices
+from rsdistill.data.sources import load_dataset
+from rsdistill.evaluate.networks import build_network
+from rsdistill.evaluate.protocol import Protocol
+from rsdistill.evaluate.scoring import Scorer, fixed, random_subset_indices
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> dict[str, float]:

@@ -26,15 +26,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from distill.artifacts import PeakMemory
-from distill.bundle import CLASSIFIER_FOLDER, load_bundle
-from distill.data import SceneDataset, load_dataset
-from distill.finetune import FinetuneConfig, finetune
-from distill.finetune_data import PromptEncoder, class_prompt, stream_seed
-from distill.finetune_models import to_uint8_grid
-from distill.latent_classifier import LatentClassifier, predict_logits
-from distill.sampling import SamplerSettings, sample_latents
-from distill.scratch import get_preset, init_scratch
+from rsdistill.core.artifacts import PeakMemory
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.data.sources import load_dataset
+from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+from rsdistill.generator.finetune import FinetuneConfig, finetune
+from rsdistill.generator.finetune_data import PromptEncoder, class_prompt, stream_seed
+from rsdistill.generator.finetune_models import to_uint8_grid
+from rsdistill.generator.latent_classifier import LatentClassifier, predict_logits
+from rsdistill.generator.sampling import SamplerSettings, sample_latents
+from rsdistill.generator.scratch import get_preset, init_scratch
 
 
 def timed_part(report: dict[str, Any], name: str, fn: Any) -> Any:
@@ -76,7 +77,7 @@ def class_samples(folder: Path, classes: list[str], per_class: int, seed: int) -
 
 def pixel_classifier(dataset: SceneDataset, resolution: int, per_class: int, seed: int) -> tuple[Any, Any]:
     """EfficientNet-Lite0 features + logistic regression on `per_class` real train images per class."""
-    from prototypes.encoders import load_encoder
+    from rsdistill.prototypes.encoders import load_encoder
 
     train = dataset.images("train", resolution)
     rng = np.random.default_rng(seed)

@@ -23,9 +23,9 @@ from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from distill.data import load_dataset
-from prototypes import encode_split, load_encoder
-from prototypes.kmeans import faiss_kmeans
+from rsdistill.data.sources import load_dataset
+from rsdistill.prototypes import encode_split, load_encoder
+from rsdistill.prototypes.kmeans import faiss_kmeans
 
 
 def inertia(x: np.ndarray, centroids: np.ndarray) -> float:

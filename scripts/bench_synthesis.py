@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.bundle import CLASSIFIER_FOLDER, load_bundle
-from distill.cli import add_data_arguments, config_from_args, dataset_from_args
-from distill.config import SynthesisConfig
-from distill.imageset import read_image_set
-from distill.latent_classifier import LatentClassifier, predict_logits
-from distill.synthesis import synthesize, to_pixels
-from distill.synthesis_cli import add_synthesis_arguments
+from rsdistill.cli.common import add_data_arguments, config_from_args, dataset_from_args
+from rsdistill.cli.synthesis import add_synthesis_arguments
+from rsdistill.core.config import SynthesisConfig
+from rsdistill.data.imageset import read_image_set
+from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+from rsdistill.generator.latent_classifier import LatentClassifier, predict_logits
+from rsdistill.synthesis.synthesize import synthesize, to_pixels
 
 
 def stage_files(folder: Path) -> dict[str, bytes]:

@@ -24,9 +24,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from distill.config import EvalConfig, RunConfig, dump_config, load_config
-from distill.data import load_dataset, write_text_atomic
-from distill.pipeline import base_settings
+from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.config import EvalConfig, RunConfig, dump_config, load_config
+from rsdistill.data.sources import load_dataset
+from rsdistill.pipeline import base_settings
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
@@ -87,14 +88,14 @@ def report_fields(report: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def score_set(dataset: Any, set_dir: Path, evaluation: EvalConfig, out: Path) -> dict[str, Any]:
     """One set scored next to `full` (the random baseline is scored with the coresets)."""
-    from evaluate.evaluation import evaluate_sets
+    from rsdistill.evaluate.evaluation import evaluate_sets
 
     report = evaluate_sets([set_dir], dataset, replace(evaluation, baselines=["full"], ipc=[]), out)
     return {**accuracy_of(report, "set"), **report_fields(report, out)}
 
 
 def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag: str) -> dict[str, Any]:
-    from distill.pipeline import run_pipeline
+    from rsdistill.pipeline import run_pipeline
 
     config = run_config(dataset_name, ipc, work, overrides, tag)
     start = time.perf_counter()
@@ -109,10 +110,10 @@ def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag
 
 def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
     """Every coreset at one IPC, scored in one evaluation (one report with their pictures side by side)."""
-    from evaluate.evaluation import evaluate_sets, protocol_from_config
-    from evaluate.scoring import Scorer
-    from evaluate.teacher import full_reference
-    from prototypes import write_coreset
+    from rsdistill.evaluate.evaluation import evaluate_sets, protocol_from_config
+    from rsdistill.evaluate.scoring import Scorer
+    from rsdistill.evaluate.teacher import full_reference
+    from rsdistill.prototypes import write_coreset
 
     out = work / dataset.name / f"ipc{ipc}" / "coresets"
     selected = [m for m in methods if m != "random"]

@@ -11,17 +11,13 @@ Without --captions the attribute captions of the whole train split are computed 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from captioning import AttributeCaptioner, load_captions
-from distill.data import load_dataset
+from rsdistill.captioning import AttributeCaptioner, load_captions
+from rsdistill.data.sources import load_dataset
 
 MENTIONS = {
     "water": ("water",),

@@ -9,12 +9,9 @@ like a user's local copy of a hub model, to exercise the pretrained-bundle path 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.generator_helpers import tiny_sd_folder
+from rsdistill.generator.tiny import tiny_sd_folder
 
 
 def main() -> None:

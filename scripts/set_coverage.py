@@ -18,10 +18,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from distill.bundle import load_bundle
-from distill.data import load_dataset
-from distill.finetune_data import encode_latents
-from distill.imageset import read_image_set
+from rsdistill.data.imageset import read_image_set
+from rsdistill.data.sources import load_dataset
+from rsdistill.generator.bundle import load_bundle
+from rsdistill.generator.finetune_data import encode_latents
 
 
 def measure(

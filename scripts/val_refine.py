@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from distill.config import RefineConfig
-from distill.data import ImageArray, SceneDataset, load_dataset, stratified_holdout
-from distill.refine import refine_images
-from evaluate.evaluation import load_set
-from evaluate.scoring import Scorer, fixed, random_draw, train_stats
+from rsdistill.core.config import RefineConfig
+from rsdistill.data.dataset import ImageArray, SceneDataset, stratified_holdout
+from rsdistill.data.sources import load_dataset
+from rsdistill.evaluate.context import load_set
+from rsdistill.evaluate.scoring import Scorer, fixed, random_draw, train_stats
+from rsdistill.synthesis.refine import refine_images
 
 
 def parse_variant(text: str) -> RefineConfig:

@@ -23,9 +23,9 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 from val_refine import parse_variant, validation_split
 
-from distill.refine import refine_images
-from distill.synthesis import to_pixels, to_uint8
-from evaluate.scoring import fixed, random_draw
+from rsdistill.evaluate.scoring import fixed, random_draw
+from rsdistill.synthesis.refine import refine_images
+from rsdistill.synthesis.synthesize import to_pixels, to_uint8
 
 
 @torch.no_grad()

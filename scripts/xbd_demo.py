@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from distill.cli import build_parser, main
-from distill.data import load_dataset
-from distill.imageset import read_image_set, write_image_set
-from distill.xbd import XBDDataset
+from rsdistill.cli.main import build_parser, main
+from rsdistill.data.imageset import read_image_set, write_image_set
+from rsdistill.data.sources import load_dataset
+from rsdistill.data.xbd import XBDDataset
 
 
 def patch_grid(dataset: XBDDataset, path: Path, per_class: int) -> None:
@@ -74,7 +71,7 @@ def main_demo() -> None:
     out.mkdir(parents=True, exist_ok=True)
     root = Path(args.root) if args.root else out / "fixture"
     if not args.root and not (root / "labels").is_dir():
-        from tests.xbd_fixture import add_bad_inputs, write_xbd_fixture
+        from rsdistill.data.xbd_fake import add_bad_inputs, write_xbd_fixture
 
         fixture = write_xbd_fixture(root)
         add_bad_inputs(root)

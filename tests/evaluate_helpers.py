@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data import SceneDataset, load_dataset
-from distill.imageset import write_image_set
-from evaluate.protocol import Protocol
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.data.imageset import write_image_set
+from rsdistill.data.sources import load_dataset
+from rsdistill.evaluate.protocol import Protocol
 
 MakeFolder = Callable[..., Path]  # the make_imagefolder fixture of conftest.py
 RESOLUTION = 16

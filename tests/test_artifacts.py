@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.artifacts import Stage, require_done
-from distill.errors import RSDistillError
+from rsdistill.core.artifacts import Stage, require_done
+from rsdistill.core.errors import RSDistillError
 
 
 def test_stage_is_done_only_when_manifest_matches(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_table_marks_items_scored_with_an_earlier_config() -> None:
 
 
 def test_config_tag_follows_the_preset_behind_an_unchanged_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from distill import scratch
+    from rsdistill.generator import scratch
 
     benchmark = load_benchmark()
     before = benchmark.config_tag("eurosat", 10, [])

@@ -11,10 +11,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from distill.bundle import load_bundle, save_bundle
-from distill.diffusion_math import min_snr_weights, predicted_original, snr, training_target
-from distill.errors import RSDistillError
-from distill.latent_classifier import (
+from rsdistill.core.errors import RSDistillError
+from rsdistill.generator.bundle import load_bundle, save_bundle
+from rsdistill.generator.diffusion_math import min_snr_weights, predicted_original, snr, training_target
+from rsdistill.generator.latent_classifier import (
     LatentClassifier,
     LatentClassifierConfig,
     accuracy,
@@ -23,7 +23,8 @@ from distill.latent_classifier import (
     predict_logits,
     train_latent_classifier,
 )
-from tests.generator_helpers import one_thread, tiny_sd_folder
+from rsdistill.generator.tiny import tiny_sd_folder
+from tests.generator_helpers import one_thread
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioning import (
+from rsdistill.captioning import (
     AttributeCaptioner,
     Group,
     PromptFitter,
@@ -22,12 +22,12 @@ from captioning import (
     run_captions,
     scene_phrase,
 )
-from captioning import stage as stage_module
-from distill.artifacts import read_manifest
-from distill.cli import main
-from distill.config import CaptionConfig
-from distill.data import load_dataset
-from distill.errors import RSDistillError
+from rsdistill.captioning import stage as stage_module
+from rsdistill.cli.main import main
+from rsdistill.core.artifacts import read_manifest
+from rsdistill.core.config import CaptionConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.sources import load_dataset
 from tests.captioning_helpers import write_prototypes
 
 

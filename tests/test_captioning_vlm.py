@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioning import load_captions, load_prompts, run_captions
-from captioning.vlm import HFCaptioner
-from distill.artifacts import read_manifest
-from distill.cli import main
-from distill.config import CaptionConfig
-from distill.data import load_dataset
-from distill.errors import RSDistillError
+from rsdistill.captioning import load_captions, load_prompts, run_captions
+from rsdistill.captioning.vlm import HFCaptioner
+from rsdistill.cli.main import main
+from rsdistill.core.artifacts import read_manifest
+from rsdistill.core.config import CaptionConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.sources import load_dataset
 from tests.captioning_helpers import (
     save_text_model,
     save_tiny_blip,

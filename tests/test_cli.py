@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from distill.cli import COMMANDS, build_parser, main, requested_command
+from rsdistill.cli.common import COMMANDS
+from rsdistill.cli.main import build_parser, main, requested_command
 
 HEAVY_LIBRARIES = ("torch", "diffusers", "transformers", "faiss", "open_clip")
 
@@ -44,7 +45,7 @@ def test_requested_command_is_the_first_word_naming_one() -> None:
 def test_listing_and_light_commands_import_no_heavy_library() -> None:
     code = (
         "import sys\n"
-        "from distill.cli import build_parser, main\n"
+        "from rsdistill.cli.main import build_parser, main\n"
         "build_parser([]).format_help()\n"
         "main(['config', 'show', 'data.dataset=ucmerced'])\n"
         f"print('imported:', *(m for m in {HEAVY_LIBRARIES!r} if m in sys.modules))\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.cli import main
-from distill.config import RunConfig, load_config
-from distill.errors import RSDistillError
+from rsdistill.cli.main import main
+from rsdistill.core.config import RunConfig, load_config
+from rsdistill.core.errors import RSDistillError
 
 
 def test_yaml_and_overrides(tmp_path: Path) -> None:

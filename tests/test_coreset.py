@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.cli import main
-from distill.data import load_dataset
-from distill.errors import RSDistillError
-from distill.imageset import read_image_set
-from prototypes import herding, kcenter, select_coreset, write_coreset
+from rsdistill.cli.main import main
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.imageset import read_image_set
+from rsdistill.data.sources import load_dataset
+from rsdistill.prototypes import herding, kcenter, select_coreset, write_coreset
 from tests.prototypes_helpers import blobs
 
 

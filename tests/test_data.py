@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.data import load_dataset, load_images, stratified_holdout
-from distill.errors import RSDistillError
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import load_images, stratified_holdout
+from rsdistill.data.sources import load_dataset
 from tests.conftest import REAL_DATA, require_real
 
 

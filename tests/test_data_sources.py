@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill.cli import main
-from distill.data import load_dataset
-from distill.errors import RSDistillError
+from rsdistill.cli.main import main
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.sources import load_dataset
 
 
 def hf_dataset(tmp_path: Path, with_test: bool) -> Path:
@@ -62,7 +62,7 @@ def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys: pytest.Cap
 def test_export_imagefolder_gives_a_loadable_dataset(tmp_path: Path) -> None:
     import datasets
 
-    from distill.hf_source import export_imagefolder
+    from rsdistill.data.hf import export_imagefolder
 
     splits = datasets.load_from_disk(str(hf_dataset(tmp_path, with_test=True)))
     root = export_imagefolder(splits, tmp_path / "exported")

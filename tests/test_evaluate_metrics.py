@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.clipscore import clip_metrics, load_clip
-from evaluate.metrics import fid, inception_features, intra_class_coverage, kid, prdc
-from evaluate.privacy import balanced_sample, loss_threshold_auc, nearest_real, ssim
+from rsdistill.evaluate.clipscore import clip_metrics, load_clip
+from rsdistill.evaluate.metrics import fid, inception_features, intra_class_coverage, kid, prdc
+from rsdistill.evaluate.privacy import balanced_sample, loss_threshold_auc, nearest_real, ssim
 
 
 def test_fid_is_zero_for_one_distribution_and_grows_with_a_shift() -> None:

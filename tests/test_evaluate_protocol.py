@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from distill.errors import RSDistillError
-from evaluate.augment import apply_affine, augment, augmentation_params, dihedral
-from evaluate.networks import ConvNet, build_network, penultimate
-from evaluate.protocol import Normalizer, Protocol, Trainer, batches, cosine_lr, steps_for_passes, to_uint8_tensor
-from evaluate.scoring import Scorer, random_draw, random_subset_indices, score_arrays
+from rsdistill.core.errors import RSDistillError
+from rsdistill.evaluate.augment import apply_affine, augment, augmentation_params, dihedral
+from rsdistill.evaluate.networks import ConvNet, build_network, penultimate
+from rsdistill.evaluate.protocol import (
+    Normalizer,
+    Protocol,
+    Trainer,
+    batches,
+    cosine_lr,
+    steps_for_passes,
+    to_uint8_tensor,
+)
+from rsdistill.evaluate.scoring import Scorer, random_draw, random_subset_indices, score_arrays
 from tests.evaluate_helpers import RESOLUTION, TINY, MakeFolder, fake_dataset
 
 
@@ -115,7 +123,7 @@ def test_training_is_deterministic_for_a_seed_and_differs_across_seeds() -> None
 def test_a_trained_classifier_learns_the_toy_classes() -> None:
     images, labels = _toy()
     test_images, test_labels = _toy(seed=1)
-    from distill.data import ImageArray
+    from rsdistill.data.dataset import ImageArray
 
     test = ImageArray(test_images, test_labels, [str(i) for i in range(len(test_labels))])
     protocol = Protocol(resolution=16, steps=25, batch_size=12, precision="fp32")

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from distill.cli import main
-from distill.config import EvalConfig
-from distill.errors import RSDistillError
-from distill.imageset import write_image_set
-from evaluate.evaluation import evaluate_sets
-from evaluate.protocol import Trainer
-from evaluate.scoring import Scorer
-from evaluate.teacher import full_reference, load_feature_extractor
+from rsdistill.cli.main import main
+from rsdistill.core.config import EvalConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.imageset import write_image_set
+from rsdistill.evaluate.evaluation import evaluate_sets
+from rsdistill.evaluate.protocol import Trainer
+from rsdistill.evaluate.scoring import Scorer
+from rsdistill.evaluate.teacher import full_reference, load_feature_extractor
 from tests.evaluate_helpers import RESOLUTION, TINY, MakeFolder, fake_dataset, set_from_train
 
 Capture = pytest.CaptureFixture[str]
@@ -159,7 +159,7 @@ def test_unknown_options_are_refused(make_imagefolder: MakeFolder, tmp_path: Pat
 
 @pytest.mark.slow
 def test_real_ucmerced_set_is_scored_on_the_whole_test_split(tmp_path: Path) -> None:
-    from distill.data import load_dataset
+    from rsdistill.data.sources import load_dataset
     from tests.conftest import require_real
 
     require_real("ucmerced")

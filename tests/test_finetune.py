@@ -12,14 +12,15 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
-from distill.bundle import CLASSIFIER_FOLDER, load_bundle
-from distill.errors import RSDistillError
-from distill.finetune import FinetuneConfig, consistency_loss, finetune
-from distill.finetune_checkpoints import list_checkpoints
-from distill.finetune_data import PromptEncoder, vae_digest
-from distill.finetune_models import prepare_unet
-from distill.latent_classifier import LatentClassifier, LatentClassifierConfig
-from tests.generator_helpers import one_thread, tiny_sd_folder
+from rsdistill.core.errors import RSDistillError
+from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+from rsdistill.generator.checkpoints import list_checkpoints
+from rsdistill.generator.finetune import FinetuneConfig, consistency_loss, finetune
+from rsdistill.generator.finetune_data import PromptEncoder, vae_digest
+from rsdistill.generator.finetune_models import prepare_unet
+from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
+from rsdistill.generator.tiny import tiny_sd_folder
+from tests.generator_helpers import one_thread
 
 CLASSES = ["forest", "lake", "town"]
 
@@ -219,13 +220,13 @@ def test_out_of_memory_names_the_flags_that_help(sd: Path, scenes: str, tmp_path
     def exhausted(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("distill.finetune.Trainer.micro_losses", exhausted)
+    monkeypatch.setattr("rsdistill.generator.finetune.Trainer.micro_losses", exhausted)
     with pytest.raises(RSDistillError, match=r"--gradient_checkpointing.*--mixed_precision bf16.*--use_lora"):
         finetune(settings(sd, tmp_path / "out", scenes))
 
 
 def test_generator_classifier_command(scenes: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from distill.cli import main
+    from rsdistill.cli.main import main
 
     folder = tiny_sd_folder(tmp_path / "sd")
     argv = ["generator", "classifier", "--pretrained_model_name_or_path", str(folder), "--dataset", scenes,

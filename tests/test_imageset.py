@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.errors import RSDistillError
-from distill.imageset import read_image_set, write_image_set
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.imageset import read_image_set, write_image_set
 
 CLASSES = ["forest", "lake", "town"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distill.cli import main
-from tests.generator_helpers import tiny_sd_folder
+from rsdistill.cli.main import main
+from rsdistill.generator.tiny import tiny_sd_folder
 
 TINY = [
     "--max_train_steps", "2", "--num_inference_steps", "2", "--candidates", "2", "--runs", "1", "--steps", "3",
@@ -57,9 +57,9 @@ def test_scratch_generator_is_shared_between_ipcs(make_imagefolder, tmp_path: Pa
 def test_base_stage_identity_follows_the_preset_defaults(monkeypatch) -> None:
     from dataclasses import replace
 
-    from distill import scratch
-    from distill.config import GeneratorConfig
-    from distill.pipeline import base_settings
+    from rsdistill.core.config import GeneratorConfig
+    from rsdistill.generator import scratch
+    from rsdistill.pipeline import base_settings
 
     before = base_settings(GeneratorConfig())
     monkeypatch.setitem(scratch.PRESETS, "scratch-cpu", replace(scratch.PRESETS["scratch-cpu"], vae_steps=7))

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.cli import main
-from distill.config import PrototypeConfig
-from distill.data import default_cache_root, load_dataset
-from distill.errors import RSDistillError
-from prototypes import Features, build_prototypes, cluster, load_prototypes, run_prototypes
-from prototypes.kmeans import Clustering
-from prototypes.representatives import choose_representatives
+from rsdistill.cli.main import main
+from rsdistill.core.config import PrototypeConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import default_cache_root
+from rsdistill.data.sources import load_dataset
+from rsdistill.prototypes import Features, build_prototypes, cluster, load_prototypes, run_prototypes
+from rsdistill.prototypes.kmeans import Clustering
+from rsdistill.prototypes.representatives import choose_representatives
 from tests.prototypes_helpers import blobs
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.data import load_dataset
-from distill.errors import RSDistillError
-from prototypes import encode_split, load_encoder
-from prototypes.features import features_path
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.sources import load_dataset
+from rsdistill.prototypes import encode_split, load_encoder
+from rsdistill.prototypes.features import features_path
 from tests.prototypes_helpers import random_images, save_tiny_open_clip, save_tiny_torchscript, save_tiny_vae
 
 
@@ -115,7 +115,7 @@ def test_feature_cache_reuses_and_resumes(
         return original(images, progress)
 
     monkeypatch.setattr(encoder, "encode", counting)
-    monkeypatch.setattr("prototypes.features.CHUNK", 5)  # 18 train images -> chunks of 5, 5, 5, 3
+    monkeypatch.setattr("rsdistill.prototypes.features.CHUNK", 5)  # 18 train images -> chunks of 5, 5, 5, 3
     first = encode_split(dataset, "train", 16, encoder)
     assert calls == [5, 5, 5, 3] and first.features.shape == (18, 48)
     assert first.keys == [s.key for s in dataset.train]
@@ -138,9 +138,9 @@ def test_feature_cache_reuses_and_resumes(
 def test_vae_features_come_from_the_generator_latents_cache(
     make_imagefolder: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from distill.bundle import DiffusionBundle
-    from distill.finetune_data import cached_latents, latents_tag
-    from prototypes.encoders import VAEEncoder
+    from rsdistill.generator.bundle import DiffusionBundle
+    from rsdistill.generator.finetune_data import cached_latents, latents_tag
+    from rsdistill.prototypes.encoders import VAEEncoder
 
     dataset = load_dataset(f"imagefolder:{make_imagefolder()}")
     folder = save_tiny_vae(tmp_path / "vae")

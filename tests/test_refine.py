@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.artifacts import read_manifest
-from distill.cli import main
-from distill.config import RefineConfig
-from distill.data import ImageArray, load_dataset
-from distill.errors import RSDistillError
-from distill.imageset import read_image_set, write_image_set
-from distill.matching_networks import logits, random_head, random_weights, train_teacher
-from distill.refine import DistributionMatcher, refine_images, refine_set, step_size
+from rsdistill.cli.main import main
+from rsdistill.core.artifacts import read_manifest
+from rsdistill.core.config import RefineConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import ImageArray
+from rsdistill.data.imageset import read_image_set, write_image_set
+from rsdistill.data.sources import load_dataset
+from rsdistill.synthesis.matching_networks import logits, random_head, random_weights, train_teacher
+from rsdistill.synthesis.refine import DistributionMatcher, refine_images, refine_set, step_size
 
 TINY = RefineConfig(iterations=6, width=8, depth=2, real_per_class=4, checkpoint_every=2, compile=False)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.bundle import DiffusionBundle, load_bundle
-from distill.errors import RSDistillError
-from distill.sampling import SamplerSettings, sample_latents
-from tests.generator_helpers import tiny_sd_folder
+from rsdistill.core.errors import RSDistillError
+from rsdistill.generator.bundle import DiffusionBundle, load_bundle
+from rsdistill.generator.sampling import SamplerSettings, sample_latents
+from rsdistill.generator.tiny import tiny_sd_folder
 
 LATENT = 8
 

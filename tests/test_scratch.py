@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.bundle import CLASSIFIER_FOLDER, load_bundle
-from distill.cli import main
-from distill.data import load_dataset
-from distill.errors import RSDistillError
-from distill.finetune import FinetuneConfig, finetune
-from distill.scratch import get_preset, init_scratch, reconstruction_psnr, train_vae
+from rsdistill.cli.main import main
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.sources import load_dataset
+from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+from rsdistill.generator.finetune import FinetuneConfig, finetune
+from rsdistill.generator.scratch import get_preset, init_scratch, reconstruction_psnr, train_vae
 from tests.generator_helpers import one_thread
 
 TOY = {"resolution": 16, "vae_channels": (16, 16, 16), "vae_steps": 6, "vae_batch_size": 8, "vae_crop": 16,

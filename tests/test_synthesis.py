@@ -12,17 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-import distill.synthesis as synthesis
-from distill.cli import main
-from distill.config import SynthesisConfig
-from distill.data import SceneDataset, load_dataset
-from distill.errors import RSDistillError
-from distill.latent_classifier import LatentClassifier, LatentClassifierConfig
-from distill.near_copy import NearestReal
-from distill.synthesis import Candidate, Target, candidate_seed, choose, synthesize
-from prototypes import Prototype, PrototypeSet
+import rsdistill.synthesis.synthesize as synthesis
+from rsdistill.cli.main import main
+from rsdistill.core.config import SynthesisConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.data.sources import load_dataset
+from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
+from rsdistill.generator.tiny import tiny_sd_folder
+from rsdistill.prototypes import Prototype, PrototypeSet
+from rsdistill.synthesis.near_copy import NearestReal
+from rsdistill.synthesis.synthesize import Candidate, Target, candidate_seed, choose, synthesize
 from tests.conftest import TINTS, write_image
-from tests.generator_helpers import tiny_sd_folder
 
 CLASSES = ["forest", "lake", "town"]
 CONFIG = SynthesisConfig(num_inference_steps=2, candidates=2, batch_size=4, guidance_scale=2.0)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill.cli import main
-from distill.data import load_dataset
-from distill.errors import RSDistillError
-from distill.imageset import read_image_set, write_image_set
-from distill.xbd import XBDDataset, parse_spec, split_path, stratified_units
-from distill.xbd_geometry import crop
-from tests.xbd_fixture import DAMAGE, DISASTERS, BadInputs, XBDFixture, add_bad_inputs, write_xbd_fixture
+from rsdistill.cli.main import main
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.imageset import read_image_set, write_image_set
+from rsdistill.data.sources import load_dataset
+from rsdistill.data.xbd import XBDDataset, parse_spec, split_path, stratified_units
+from rsdistill.data.xbd_fake import DAMAGE, DISASTERS, BadInputs, XBDFixture, add_bad_inputs, write_xbd_fixture
+from rsdistill.data.xbd_geometry import crop
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +285,7 @@ def test_cli_data_info_and_xbd_info(bad: tuple[Path, BadInputs], capsys: pytest.
 
 
 def test_the_prototype_stage_takes_xbd_patches(clean: XBDFixture, tmp_path: Path) -> None:
-    pytest.importorskip("prototypes.coreset")
+    pytest.importorskip("rsdistill.prototypes.coreset")
     out = tmp_path / "kmeans"
     spec = f"xbd:{clean.root}?pair=side"
     argv = ["coreset", "--dataset", spec, "--method", "kmeans", "--encoder", "pixels", "--ipc", "2",

@@ -1,0 +1,1 @@
+"""The `rsdistill` command: one module per sub-command, imported only when that command runs."""

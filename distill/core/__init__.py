@@ -1,0 +1,1 @@
+"""The ground floor: errors, atomic writes, config, runtime and stage folders. Imports no stage."""

@@ -1,0 +1,1 @@
+"""Dataset sources, splits, the decoded-image cache, the image-set format and class names. Imports no stage."""

@@ -1,0 +1,1 @@
+"""The distilled set: prototype-guided synthesis, candidate selection, refinement, near-copy checks."""
