@@ -315,6 +315,6 @@ def test_cli_caption(dataset_root: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert code == 0 and len(load_captions(out)) == 12
     assert "12 captions (attributes, 0 attribute fallbacks" in capsys.readouterr().out
     code = main(
-        ["caption", "--dataset", f"imagefolder:{dataset_root}", "--captioner", "hf", "--out", str(out)]
+        ["caption", "--dataset", f"imagefolder:{dataset_root}", "--captioner", "hf", "--out", str(out), "--overwrite"]
     )
     assert code == 2 and "needs a model" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 from rsdistill.captioning.aggregate import RULES
 from rsdistill.captioning.stage import CAPTIONERS, load_prompts, run_captions
 from rsdistill.cli.common import COMMANDS, add_data_arguments, dataset_from_args
-from rsdistill.core.artifacts import read_manifest
+from rsdistill.core.artifacts import overwrite_stages, read_manifest
 from rsdistill.core.config import CaptionConfig
 
 DEFAULTS = CaptionConfig()
@@ -35,16 +35,17 @@ def cmd_caption(args: argparse.Namespace) -> None:
         max_prompt_tokens=args.max_prompt_tokens,
     )
     start = time.perf_counter()
-    folder = run_captions(
-        dataset,
-        config,
-        Path(args.out),
-        resolution=args.resolution,
-        prototypes=args.prototypes,
-        cache_dir=args.cache_dir,
-        on_bad_image=args.on_bad_image,
-        device=args.device,
-    )
+    with overwrite_stages(args.overwrite):
+        folder = run_captions(
+            dataset,
+            config,
+            Path(args.out),
+            resolution=args.resolution,
+            prototypes=args.prototypes,
+            cache_dir=args.cache_dir,
+            on_bad_image=args.on_bad_image,
+            device=args.device,
+        )
     manifest = read_manifest(folder) or {}
     prompts = load_prompts(folder)
     skipped = len(manifest.get("skipped", []))
@@ -60,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help=COMMANDS["caption"].help)
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="the captions stage folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds a finished stage made "
+                        "with other settings (a folder holding files rsdistill did not write is never deleted)")
     parser.add_argument(
         "--prototypes",
         help="prototypes stage folder: one prompt per prototype (default: one prompt per class)",

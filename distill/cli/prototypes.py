@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rsdistill.cli.common import COMMANDS, add_data_arguments, dataset_from_args
 from rsdistill.core.config import PrototypeConfig
+from rsdistill.data.imageset import check_set_destination
 from rsdistill.prototypes.coreset import METHODS, write_coreset
 from rsdistill.prototypes.representatives import RULES
 from rsdistill.prototypes.schema import load_prototypes
@@ -87,6 +88,7 @@ def cmd_coreset(args: argparse.Namespace) -> None:
     out = Path(
         args.out or f"outputs/coresets/{slug(dataset.name)}-{args.method}-ipc{args.ipc}-seed{args.seed}"
     )
+    check_set_destination(out, overwrite=args.overwrite)
     write_coreset(
         dataset,
         args.method,
@@ -129,7 +131,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run directory; the stage is written to DIR/prototypes as `rsdistill run` does "
         "(default outputs/<dataset>-<encoder>-ipc<k>-seed<s>)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds other prototypes")
+    parser.add_argument("--overwrite", action="store_true", help="replace DIR/prototypes if it holds prototypes "
+                        "made with other settings (a folder holding files rsdistill did not write is never deleted)")
     add_encoder_arguments(parser, default="efficientnet-lite0")
     parser.set_defaults(func=cmd_prototypes)
 
@@ -140,5 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", help="set folder (default outputs/coresets/<dataset>-<method>-ipc<k>-seed<s>)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds an image set "
+                        "(a folder holding files its metadata.jsonl does not list is never deleted)")
     add_encoder_arguments(parser, default="efficientnet-lite0")
     parser.set_defaults(func=cmd_coreset)

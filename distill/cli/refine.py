@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rsdistill.cli.common import COMMANDS, add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
+from rsdistill.core.artifacts import overwrite_stages
 from rsdistill.core.config import RefineConfig
 
 HELP = {
@@ -27,8 +28,9 @@ def cmd_refine(args: argparse.Namespace) -> None:
     from rsdistill.synthesis.refine import refine_set
 
     config = config_from_args(RefineConfig, args)
-    set_dir = refine_set(args.set_dir, dataset_from_args(args), config, args.out, seed=args.seed,
-                         resolution=args.resolution, cache_dir=args.cache_dir, device=args.device)
+    with overwrite_stages(args.overwrite):
+        set_dir = refine_set(args.set_dir, dataset_from_args(args), config, args.out, seed=args.seed,
+                             resolution=args.resolution, cache_dir=args.cache_dir, device=args.device)
     print(f"refined set: {set_dir}")
 
 
@@ -37,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__)
     parser.add_argument("set_dir", help="the set to refine (e.g. a synthesis stage's set/ folder)")
     parser.add_argument("--out", required=True, help="stage folder to write (the set goes to OUT/set)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds a finished stage made "
+                        "with other settings (a folder holding files rsdistill did not write is never deleted)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     add_config_arguments(parser.add_argument_group("refinement"), RefineConfig, HELP)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from rsdistill.cli.common import COMMANDS, add_config_arguments, add_data_arguments, config_from_args, dataset_from_args
+from rsdistill.core.artifacts import overwrite_stages
 from rsdistill.core.config import SynthesisConfig
 from rsdistill.generator.sampling import GUIDANCE_MODES, SCHEDULERS
 from rsdistill.synthesis.near_copy import DEFAULT_SPACE
@@ -46,20 +47,21 @@ def add_synthesis_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     dataset = dataset_from_args(args)
-    set_dir = synthesize(
-        args.generator,
-        args.prototypes,
-        args.prompts,
-        dataset,
-        config_from_args(SynthesisConfig, args),
-        args.out,
-        seed=args.seed,
-        ipc=args.ipc,
-        device=args.device,
-        data_resolution=args.resolution,
-        cache_dir=args.cache_dir,
-        class_labels_value=args.class_labels_value,
-    )
+    with overwrite_stages(args.overwrite):
+        set_dir = synthesize(
+            args.generator,
+            args.prototypes,
+            args.prompts,
+            dataset,
+            config_from_args(SynthesisConfig, args),
+            args.out,
+            seed=args.seed,
+            ipc=args.ipc,
+            device=args.device,
+            data_resolution=args.resolution,
+            cache_dir=args.cache_dir,
+            class_labels_value=args.class_labels_value,
+        )
     print(f"distilled set: {set_dir}")
 
 
@@ -79,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ipc", type=int, help="images per class; a prototypes file with another IPC is refused"
     )
     parser.add_argument("--out", required=True, help="stage folder to write (the set goes to OUT/set)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it holds a finished stage made "
+                        "with other settings (a folder holding files rsdistill did not write is never deleted)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument(

@@ -4,18 +4,29 @@ A stage is done exactly when its folder holds a manifest whose fingerprint (stag
 hashes) matches the one asked for. A stage interrupted half way keeps its partial folder, so a resumable
 stage (generation, fine-tuning) picks up what it had finished; a partial folder made for another
 fingerprint is set aside, never silently mixed in.
+
+A stage's folder is replaced only when it is this project's own: its manifest lists every file the stage
+wrote, and a folder is replaced only when it holds a manifest of ours and no file outside that list (or
+nothing at all). Anything else at that path -- a folder of the user's, a stage folder the user put files
+into, a stage written before manifests listed their files -- is never deleted, whatever the settings or
+``--overwrite`` say: the stage refuses with a message naming the folder. A finished stage folder of ours made
+with other settings is replaced as the pipeline (``rsdistill run``) always did; the single-stage commands
+(``refine``, ``generate``, ``caption``) run under ``overwrite_stages(args.overwrite)`` and replace it only
+with ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +39,62 @@ from rsdistill.core.errors import RSDistillError
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("rsdistill", "torch", "diffusers", "transformers", "accelerate", "faiss-cpu", "numpy")
+FILES_KEY = "files"
+SHOWN = 5
+
+# Whether a Stage whose own `overwrite` is None may replace a finished stage folder of ours made with other
+# settings. True keeps the pipeline's behaviour; the single-stage commands set it from --overwrite.
+_OVERWRITE: ContextVar[bool] = ContextVar("rsdistill_overwrite_stages", default=True)
+
+
+@contextmanager
+def overwrite_stages(allowed: bool) -> Iterator[None]:
+    """Within the block, a stage replaces a finished folder of its own made with other settings only if
+    `allowed` (the ``--overwrite`` flag of a single-stage command). Folders that are not ours are never
+    replaced, whatever `allowed` says."""
+    token = _OVERWRITE.set(allowed)
+    try:
+        yield
+    finally:
+        _OVERWRITE.reset(token)
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file (and link) under `folder`, as sorted POSIX paths relative to it; links are not followed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        base = Path(dirpath)
+        links = [name for name in dirnames if (base / name).is_symlink()]
+        found.extend((base / name).relative_to(folder).as_posix() for name in [*filenames, *links])
+    return sorted(found)
+
+
+def shown(names: list[str]) -> str:
+    """The first few of `names`, for a message."""
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def foreign_content(folder: Path) -> str | None:
+    """Why `folder` is not a stage folder this project wrote, or None when it is one (or holds no file).
+
+    Ours: a readable manifest with a stage name and fingerprint that lists the stage's files, and no other file
+    in the folder.
+    """
+    files = files_under(folder)
+    if not files:
+        return None
+    manifest = read_manifest(folder)
+    if not isinstance(manifest, dict) or "stage" not in manifest or "fingerprint" not in manifest:
+        return f"holds files rsdistill did not write ({shown(files)}) and no {MANIFEST} of an rsdistill stage"
+    listed = manifest.get(FILES_KEY)
+    if not isinstance(listed, list):
+        return (f"holds a {manifest['stage']!r} stage written before rsdistill listed a stage's files in its "
+                f"{MANIFEST}, so files you added cannot be told from the stage's own")
+    extra = sorted(set(files) - {str(name) for name in listed} - {MANIFEST})
+    if extra:
+        return f"holds {len(extra)} file(s) the {manifest['stage']!r} stage did not write ({shown(extra)})"
+    return None
 
 
 def fingerprint(stage: str, config: Any, inputs: dict[str, str]) -> str:
@@ -90,6 +157,10 @@ class PeakMemory:
 class Stage:
     """One stage's folder in a run directory.
 
+    `overwrite`: whether a finished folder of this stage made with other settings is replaced (None: as the
+    enclosing `overwrite_stages` block says, True outside any). A folder that is not ours is never replaced;
+    see `check_destination`.
+
     Usage::
 
         stage = Stage(run_dir, "prototypes", config=asdict(cfg), inputs={"data": dataset.fingerprint})
@@ -103,6 +174,7 @@ class Stage:
     name: str
     config: Any
     inputs: dict[str, str]
+    overwrite: bool | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -128,6 +200,42 @@ class Stage:
         manifest = self.manifest
         return manifest is not None and manifest.get("fingerprint") == self.fingerprint
 
+    def check_destination(self) -> None:
+        """Refuses, before any work and again before the finished folder moves into place, to replace what
+        must not be replaced at `path`.
+
+        Replaced: nothing there; an empty folder; a stage folder of ours (see `foreign_content`) with the same
+        fingerprint, or with another one when overwriting is allowed. Refused, even with ``--overwrite``: a file
+        or link, and any folder holding a file that is not a listed file of ours.
+
+        Raises:
+            RSDistillError: Naming the folder, why it is kept and what to do.
+        """
+        path = self.path
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise RSDistillError(
+                f"{path} exists and is not a folder; rsdistill will not replace it. Move it away or choose "
+                "another --out."
+            )
+        if not path.exists():
+            return
+        reason = foreign_content(path)
+        if reason is not None:
+            raise RSDistillError(
+                f"The output folder {path} already exists and {reason}; rsdistill does not delete it, not even "
+                "with --overwrite. Choose another --out, or move those files out of it (or delete the folder) "
+                "yourself and run again."
+            )
+        manifest = self.manifest
+        if manifest is None or manifest.get("fingerprint") == self.fingerprint:
+            return
+        allowed = self.overwrite if self.overwrite is not None else _OVERWRITE.get()
+        if not allowed:
+            raise RSDistillError(
+                f"The output folder {path} holds a finished {manifest.get('stage')!r} stage made with other "
+                "settings or inputs. Pass --overwrite to replace it, or choose another --out to keep it."
+            )
+
     def _prepare_partial(self) -> Path:
         marker = self.partial_path / ".fingerprint"
         if self.partial_path.exists() and (not marker.is_file() or marker.read_text() != self.fingerprint):
@@ -142,22 +250,36 @@ class Stage:
     def build(self, extra: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yields the partial folder; on success moves it into place and writes the manifest last.
 
+        What is at `path` already is checked first (`check_destination`: a folder that is not ours is never
+        deleted, one of ours made with other settings only when overwriting is allowed) and checked again
+        before it is replaced; a refusal after the work keeps the partial folder, so the same command resumes
+        once the folder is dealt with. The manifest lists the files the stage wrote, which is what makes the
+        folder ours.
+
         Args:
             extra: Figures to record in the manifest (counts, scores...). The dict may be filled in by the
                 caller inside the `with` block.
+
+        Raises:
+            RSDistillError: When `path` holds something that must not be replaced (see `check_destination`).
         """
+        self.check_destination()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         work = self._prepare_partial()
         start = time.perf_counter()
         with PeakMemory() as memory:
             yield work
         wall = time.perf_counter() - start
+        self.check_destination()  # the folder may have changed while the stage ran
         (work / ".fingerprint").unlink(missing_ok=True)
-        if self.path.exists():
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+        elif self.path.exists():
             old = temporary_sibling(self.path, ".old")
             self.path.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         work.rename(self.path)
+        files = [name for name in files_under(self.path) if name != MANIFEST]
         manifest = {
             "stage": self.name,
             "fingerprint": self.fingerprint,
@@ -168,6 +290,7 @@ class Stage:
             "peak_memory_mb": round(memory.peak_mb, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **(extra or {}),
+            FILES_KEY: files,
         }
         write_text_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str))
 

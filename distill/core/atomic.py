@@ -11,6 +11,41 @@ import numpy as np
 
 from rsdistill.core.errors import RSDistillError
 
+SEPARATORS = ("/", "\\")
+
+
+def safe_name(value: object, what: str, remedy: str = "Rename it.") -> str:
+    """Returns `value` when it can stand as one file or folder name inside another folder, else refuses it.
+
+    Every name that comes from data (class names, file stems, dataset names) passes here before it becomes a
+    path, so no name can reach outside the folder it is written into.
+
+    Args:
+        value: The name.
+        what: What the name is and where it came from, e.g. ``"Class name of the Hugging Face dataset X"``.
+        remedy: What the user should do, appended to the message.
+
+    Returns:
+        `value`, unchanged.
+
+    Raises:
+        RSDistillError: When `value` is not text, is empty or blank, is ``.`` or ``..``, holds a path separator
+            (``/`` or ``\\``; an absolute path always does) or a NUL character.
+    """
+    if not isinstance(value, str):
+        problem = f"is not text ({type(value).__name__})"
+    elif not value.strip():
+        problem = "is empty"
+    elif value in (".", ".."):
+        problem = "names the folder itself or the one above it"
+    elif any(separator in value for separator in SEPARATORS):
+        problem = "holds a path separator ('/' or '\\'), so it would reach into other folders"
+    elif "\0" in value:
+        problem = "holds a NUL character"
+    else:
+        return value
+    raise RSDistillError(f"{what} {value!r} cannot be used as a file or folder name: it {problem}. {remedy}")
+
 
 def temporary_sibling(path: Path, suffix: str = "") -> Path:
     """A hidden name next to `path` that no other process or thread will pick, for write-then-rename."""

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from rsdistill.core.atomic import save_npy_atomic, write_text_atomic
+from rsdistill.core.atomic import safe_name, save_npy_atomic, write_text_atomic
 from rsdistill.core.errors import RSDistillError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
@@ -183,6 +183,7 @@ def list_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
         )
     entries: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
+        safe_name(name, f"Class folder name under {root}:", "Rename the folder (class names become folder names).")
         files = sorted(
             p.name
             for p in (root / name).iterdir()

@@ -7,6 +7,7 @@ from typing import Any
 
 from PIL import Image
 
+from rsdistill.core.atomic import safe_name
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import ImageSource, Sample, SceneDataset, stratified_test_keys
 
@@ -22,6 +23,20 @@ def _columns(features: dict[str, Any], where: str) -> tuple[str, str]:
             f"Dataset {where} needs an Image column and a ClassLabel column; it has {', '.join(features)}."
         )
     return image_cols[0], label_cols[0]
+
+
+def _class_names(features: dict[str, Any], label_column: str, where: str) -> list[str]:
+    """The ClassLabel names of `label_column`, each checked to be usable as a folder name (`safe_name`);
+    `where` names the dataset in the message."""
+    names = list(features[label_column].names)
+    for name in names:
+        safe_name(
+            name,
+            f"Class name of the Hugging Face dataset {where} (ClassLabel column {label_column!r}):",
+            "Class names become folder names; rename the class in the dataset (e.g. "
+            f"`ds.cast_column({label_column!r}, ClassLabel(names=[...]))`, then `save_to_disk` again).",
+        )
+    return names
 
 
 class HFSource(ImageSource):
@@ -57,7 +72,7 @@ def load_hf_dataset(target: str, name: str, split_seed: int = 0, test_fraction: 
     splits = load_hf(target)
     first = next(iter(splits.values()))
     image_column, label_column = _columns(first.features, target)
-    classes = list(first.features[label_column].names)
+    classes = _class_names(first.features, label_column, repr(target))
     entries: dict[str, list[tuple[str, int]]] = {}
     for split, table in splits.items():
         labels = table[label_column]
@@ -94,7 +109,7 @@ def export_imagefolder(splits: Any, out_dir: Path) -> Path:
 
     first = next(iter(splits.values()))
     image_column, label_column = _columns(first.features, str(out_dir))
-    classes = first.features[label_column].names
+    classes = _class_names(first.features, label_column, f"being written to {out_dir}")
     test_lines = []
     for split, table in splits.items():
         for row, item in enumerate(tqdm(table, desc=f"writing {split}", unit="img")):

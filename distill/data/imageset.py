@@ -4,10 +4,15 @@ Every distilled set and every coreset baseline is written this way, so evaluatio
 ``datasets.load_dataset("imagefolder", data_dir=...)`` opens them too. Each metadata line holds
 ``file_name`` (relative to the set folder), ``label`` (the class name), ``text`` (the prompt or caption,
 empty for real images) and whatever produced the image (source key, prototype, seed, score...).
+
+Names that become paths are checked (`rsdistill.core.atomic.safe_name`): a class name or file stem written
+here, and every ``file_name`` read from a metadata file, must stay inside the set folder. An existing set
+folder is replaced only when it is one of ours: nothing in it but `metadata.jsonl` and the files it lists.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from collections import Counter
@@ -18,11 +23,88 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rsdistill.core.atomic import temporary_sibling
+from rsdistill.core.artifacts import files_under, shown
+from rsdistill.core.atomic import safe_name, temporary_sibling
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import to_rgb_resized
 
 METADATA = "metadata.jsonl"
+RENAME_CLASS = (
+    "Rename the class in the dataset (class names become folder names and must be plain names without '/', "
+    "'\\' or '..')."
+)
+
+
+def safe_file_name(value: object, what: str) -> str:
+    """Returns `value` when it is a relative path that stays inside its folder (``<Class>/<file>``), else
+    refuses it: absolute paths, ``..`` or ``.`` parts, empty parts and backslashes are refused.
+
+    Args:
+        value: The path, POSIX-style (``/`` between parts).
+        what: Where it came from, for the message (e.g. ``"/x/metadata.jsonl line 3: file_name"``).
+
+    Raises:
+        RSDistillError: Naming `value`, `what` and what to do.
+    """
+    remedy = "A set's file_name must be a path inside the set folder, such as <Class>/<file>.png; fix the line."
+    if not isinstance(value, str) or value.startswith(("/", "\\")):
+        raise RSDistillError(f"{what} {value!r} is not a relative path inside the set folder. {remedy}")
+    for part in value.split("/"):
+        safe_name(part, f"{what} {value!r}: its part", remedy)
+    return value
+
+
+def set_content_problem(out_dir: Path) -> str | None:
+    """Why the existing folder `out_dir` is not a set this project wrote, or None when it is one (or holds
+    no file). Ours: `metadata.jsonl` and nothing but the files it lists."""
+    files = files_under(out_dir)
+    if not files:
+        return None
+    if METADATA not in files:
+        return f"is not an image set (no {METADATA}) and holds files rsdistill did not write ({shown(files)})"
+    try:
+        listed = {str(record["file_name"]) for record in read_records(out_dir)}
+    except RSDistillError as error:
+        return f"holds a {METADATA} rsdistill cannot read ({error})"
+    extra = sorted(set(files) - listed - {METADATA})
+    if extra:
+        return f"holds {len(extra)} file(s) its {METADATA} does not list ({shown(extra)})"
+    return None
+
+
+def check_set_destination(out_dir: str | Path, overwrite: bool = True) -> None:
+    """Refuses to replace what must not be replaced at `out_dir` (the ``--out`` of a set).
+
+    Replaced: nothing there; an empty folder; a set of ours (see `set_content_problem`) when `overwrite`.
+    Refused, even with `overwrite`: a file or link, a folder holding files its `metadata.jsonl` does not list.
+
+    Args:
+        out_dir: The set folder about to be written.
+        overwrite: Whether an existing set of ours may be replaced (``--overwrite``).
+
+    Raises:
+        RSDistillError: Naming the folder, why it is kept and what to do.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise RSDistillError(
+            f"{out_dir} exists and is not a folder; rsdistill will not replace it. Move it away or choose "
+            "another --out."
+        )
+    if not out_dir.exists():
+        return
+    problem = set_content_problem(out_dir)
+    if problem is not None:
+        raise RSDistillError(
+            f"The output folder {out_dir} already exists and {problem}; rsdistill does not delete it, not even "
+            "with --overwrite. Choose another --out, or move those files out of it (or delete the folder) "
+            "yourself and run again."
+        )
+    if not overwrite and files_under(out_dir):
+        raise RSDistillError(
+            f"The output folder {out_dir} holds an image set already. Pass --overwrite to replace it, or choose "
+            "another --out to keep it."
+        )
 
 
 @dataclass
@@ -58,7 +140,9 @@ def write_image_set(
     """Writes images as PNG files under `<out_dir>/<Class>/` plus `metadata.jsonl`.
 
     Args:
-        out_dir: The set folder (created; an existing one is replaced only once the new one is complete).
+        out_dir: The set folder (created; an existing one is replaced only once the new one is complete, and
+            only when it is a set of ours -- see `check_set_destination`; anything else there is kept and the
+            write refused).
         images: uint8 array (N, H, W, 3).
         labels: Class indices into `classes`, shape (N,).
         classes: Class names (folder names).
@@ -67,11 +151,20 @@ def write_image_set(
 
     Returns:
         The set folder.
+
+    Raises:
+        RSDistillError: When a class name or stem cannot be a file name (`safe_name`), when `out_dir` holds
+            something that is not a set of ours, or when writing fails.
     """
     out_dir = Path(out_dir)
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    for name in classes:
+        safe_name(name, f"Class name of the set written to {out_dir}:", RENAME_CLASS)
+    for stem in stems or []:
+        safe_name(stem, f"File stem of the set written to {out_dir}:")
+    check_set_destination(out_dir)
     tmp = temporary_sibling(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     counters: Counter[int] = Counter()
@@ -88,13 +181,18 @@ def write_image_set(
             line.update(records[index] if records else {})
             lines.append(json.dumps(line, default=str))
         (tmp / METADATA).write_text("\n".join(lines) + "\n")
+        check_set_destination(out_dir)  # again: the folder may have changed while the images were written
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
-    except OSError as error:
+    except (OSError, RSDistillError) as error:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, RSDistillError):
+            raise
+        remedy = "Free space there" if error.errno == errno.ENOSPC else "Check that you may write there"
+        where = f" ({error.filename})" if error.filename else ""
         raise RSDistillError(
-            f"Could not write the image set {out_dir}: {error.strerror}. Free space there or choose another --out."
+            f"Could not write the image set {out_dir}: {error.strerror}{where}. {remedy} or choose another --out."
         ) from None
     return out_dir
 
@@ -114,8 +212,9 @@ def read_records(set_dir: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise RSDistillError(f"{path} line {number} is not valid JSON.") from None
-        if "file_name" not in record:
+        if not isinstance(record, dict) or "file_name" not in record:
             raise RSDistillError(f"{path} line {number} has no file_name.")
+        safe_file_name(record["file_name"], f"{path} line {number}: file_name")
         record.setdefault("label", record["file_name"].split("/", 1)[0])
         records.append(record)
     return records
@@ -136,6 +235,9 @@ def check_class_names(set_classes: set[str], classes: list[str], where: Path) ->
 
 def read_image_set(set_dir: str | Path, classes: list[str], resolution: int | None = None) -> ImageSet:
     """Reads a set in the common format, checking its classes against `classes`.
+
+    Every image must lie inside `set_dir`: a ``file_name`` that is absolute or climbs out with ``..`` is
+    refused (`read_records`). Links inside the set are followed; placing them there is the set owner's choice.
 
     Args:
         set_dir: The set folder.

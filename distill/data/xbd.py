@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.atomic import safe_name, write_text_atomic
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import ImageArray, ImageSource, Sample, SceneDataset, default_cache_root, to_rgb_resized
 from rsdistill.data.xbd_geometry import Window, crop, square_window
@@ -293,6 +293,13 @@ def load_xbd_dataset(
     tiles, report = scan(root, options)
     named = _entries(tiles, options)
     classes = sorted({name for _, name, _ in named})
+    first_tile: dict[str, str] = {}
+    for _, name, info in named:
+        first_tile.setdefault(name, info.tile)
+    label_field = "metadata.disaster_type" if options.mode == "disaster" else "damage subtype"
+    for name in classes:
+        safe_name(name, f"Class name of the xBD data at {root} ({label_field} in the label file of tile "
+                  f"{first_tile[name]}):", "Class names become folder names; fix that label file.")
     index = {name: i for i, name in enumerate(classes)}
     entries = [(key, index[name], info) for key, name, info in named]
     test_tiles, origin, pending = choose_test_units(
