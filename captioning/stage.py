@@ -24,6 +24,7 @@ from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import CaptionConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import resolve_device
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import ImageArray, SceneDataset
 from rsdistill.data.names import scene_phrase
 
@@ -196,34 +197,29 @@ def prompt_groups(
 
 
 def run_captions(
-    dataset: SceneDataset,
+    context: RunContext,
     config: CaptionConfig,
     out: str | Path,
-    resolution: int = 64,
     prototypes: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-    on_bad_image: str = "stop",
-    device: str = "auto",
     captions_from: str | Path | None = None,
 ) -> Path:
     """Builds (or finds done) the captions stage folder `out`.
 
     Args:
-        dataset: The dataset; only its train split is captioned.
+        context: The dataset (only its train split is captioned), the image size of the stage (the attribute
+            captioner measures images of this size), cache, `on_bad_image` (`stop` names the unreadable file,
+            `skip` leaves it out, counted in the manifest) and the device of the models.
         config: Captioner, aggregation and prompt settings.
         out: The stage folder (e.g. `<run_dir>/captions`); built beside it under a temporary name.
-        resolution: Image size of the stage (the attribute captioner measures images of this size).
         prototypes: A prototypes stage folder (or its prototypes.json): one prompt per prototype; None: one
             prompt per class.
-        cache_dir: Decoded-image cache folder (default: the data layer's).
-        on_bad_image: `stop` (name the unreadable file) or `skip` (leave it out, counted in the manifest).
-        device: Device of the vision-language model and the text embedder.
         captions_from: A finished captions stage of the same dataset made with the same settings (e.g. the
             run's shared per-image captions): its captions are taken instead of captioning the images again.
 
     Returns:
         The finished stage folder.
     """
+    dataset, resolution, device = context.dataset, context.resolution, context.device
     out = Path(out)
     proto_data, proto_hash = (
         read_prototypes(prototypes, dataset) if prototypes is not None else (None, "none")
@@ -233,14 +229,15 @@ def run_captions(
         out.name,
         config={**asdict(config), "resolution": resolution},
         inputs={"data": dataset.fingerprint, "prototypes": proto_hash},
+        overwrite=context.overwrite,
     )
     if stage.done:
         return stage.path
-    base = dataset.images("train", resolution, cache_dir=cache_dir, on_bad_image=on_bad_image)
+    base = context.images("train")
     shown = base
     if config.captioner == "hf" and config.image_resolution not in (None, resolution):
         shown = dataset.images(
-            "train", config.image_resolution, cache_dir=cache_dir, on_bad_image=on_bad_image
+            "train", config.image_resolution, cache_dir=context.cache_dir, on_bad_image=context.on_bad_image
         )
         if shown.keys != base.keys:
             raise RSDistillError("The images decoded at the two resolutions differ; clear the image cache.")

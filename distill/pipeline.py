@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rsdistill.captioning import run_captions
 from rsdistill.core.artifacts import Stage, fingerprint, read_manifest
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import GeneratorConfig, RunConfig, dump_config, to_dict
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import resolve_device, seed_everything
-from rsdistill.data.dataset import SceneDataset, stratified_holdout
-from rsdistill.data.sources import load_dataset
+from rsdistill.data.context import RunContext
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.evaluate.evaluation import evaluate_sets
+from rsdistill.generator.base import fit_latent_classifier, scratch_preset
+from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+from rsdistill.generator.finetune import finetune
+from rsdistill.generator.scratch import init_scratch
+from rsdistill.prototypes import run_prototypes
+from rsdistill.synthesis.refine import refine_set
+from rsdistill.synthesis.synthesize import synthesize
 
-if TYPE_CHECKING:
-    from rsdistill.generator.scratch import ScratchPreset
+SPLIT_FILE = "split-test.txt"
 
 
 def slug(dataset: SceneDataset) -> str:
@@ -38,18 +46,12 @@ class Run:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        data = config.data
         self.run_dir = Path(config.run_dir)
-        self.dataset = load_dataset(
-            data.dataset, root=data.root, split_file=self._split_file(), split_seed=data.split_seed,
-            test_fraction=data.test_fraction,
-        )
+        self.context = RunContext.load(config, split_file=config.data.split_file or str(self.run_dir / SPLIT_FILE))
+        self.dataset = self.context.dataset
         shared_root = Path(config.shared_dir) if config.shared_dir else self.run_dir.parent / "shared"
         self.shared = shared_root / slug(self.dataset)
         self.timings: dict[str, dict[str, Any]] = {}
-
-    def _split_file(self) -> Path:
-        return self.run_dir / "split-test.txt"
 
     def shared_path(self, name: str, config: Any, inputs: dict[str, str]) -> Path:
         return self.shared / f"{name}-{fingerprint(name, config, inputs)}"
@@ -65,10 +67,8 @@ class Run:
     # Stage 4a: the base bundle (from scratch) or, for a pretrained bundle, its latent classifier alone.
     def base_generator(self) -> tuple[Path, Path]:
         """Returns (bundle folder to fine-tune, latent classifier folder)."""
-        from rsdistill.generator.bundle import CLASSIFIER_FOLDER
-
         g = self.config.generator
-        settings = base_settings(g)
+        settings = base_settings(g, self.context.resolution)
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
         folder = self.shared_path("base", settings, inputs)
         stage = Stage(folder.parent, folder.name, settings, inputs)
@@ -81,51 +81,32 @@ class Run:
         return bundle, folder / CLASSIFIER_FOLDER
 
     def _build_base(self, work: Path) -> None:
-        g, data = self.config.generator, self.config.data
+        g, context = self.config.generator, self.context
         if g.pretrained_model_name_or_path is None:
-            from rsdistill.generator.scratch import init_scratch
-
-            init_scratch(self.dataset, work, preset=scratch_preset(g), preset_name=g.preset, seed=self.config.seed,
-                         cache_dir=data.cache_dir, device=resolve_device(self.config.device),
+            init_scratch(context.dataset, work, preset=scratch_preset(g, context.resolution), preset_name=g.preset,
+                         seed=context.seed, cache_dir=context.cache_dir, device=resolve_device(context.device),
                          mixed_precision=g.mixed_precision)
             return
-        from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
-        from rsdistill.generator.finetune_data import encode_latents
-        from rsdistill.generator.latent_classifier import DEFAULT_CLASSIFIER_STEPS, train_latent_classifier
-
         bundle = load_bundle(g.pretrained_model_name_or_path, g.class_labels_value)
-        train = self.dataset.images("train", g.resolution, cache_dir=data.cache_dir)
-        latents = encode_latents(bundle.to(resolve_device(self.config.device)), train.images)
-        kept, held = stratified_holdout(train.labels, data.val_fraction, self.config.seed)
-        model, _ = train_latent_classifier(
-            latents[kept], train.labels[kept], self.dataset.classes, latents[held], train.labels[held],
-            steps=g.classifier_steps or DEFAULT_CLASSIFIER_STEPS, seed=self.config.seed,
-            device=resolve_device(self.config.device),
-        )
-        model.save_pretrained(work / CLASSIFIER_FOLDER)
+        fit_latent_classifier(context, bundle, g.classifier_steps, self.config.data.val_fraction,
+                              work / CLASSIFIER_FOLDER)
 
     # Stage 3a: one caption per train image (what the generator is fine-tuned on).
     def image_captions(self) -> Path | None:
         if self.config.generator.prompts != "captions":
             return None
-        from rsdistill.captioning import run_captions
-
         settings = to_dict(self.config.captions)
         inputs = {"data": self.dataset.fingerprint, "resolution": str(self.config.data.resolution)}
         folder = self.shared_path("captions", settings, inputs)
-        run_captions(self.dataset, self.config.captions, folder, resolution=self.config.data.resolution,
-                     cache_dir=self.config.data.cache_dir, on_bad_image=self.config.data.on_bad_image,
-                     device=self.config.device)
+        run_captions(self.context, self.config.captions, folder)
         self.record("captions", folder)
         return folder
 
     # Stage 4b: the generator fine-tuned with the classifier-consistency loss.
     def generator(self, base: Path, classifier: Path, captions: Path | None) -> Path:
-        from rsdistill.generator.finetune import finetune
-        from rsdistill.generator.finetune_config import config_from_generator
-
         g = self.config.generator
         settings = {k: v for k, v in asdict(g).items() if k in FINETUNE_SETTINGS}
+        settings["resolution"] = self.context.resolution
         inputs = {"base": fingerprint_of(classifier.parent), "captions": fingerprint_of(captions),
                   "seed": str(self.config.seed)}
         folder = self.shared_path("generator", settings, inputs)
@@ -133,42 +114,29 @@ class Run:
         if not stage.done:
             print(f"[generator] training into {folder} (resumes from its latest checkpoint)")
             with stage.build() as work:
-                training = config_from_generator(g, str(base), str(work), self.config.data, seed=self.config.seed,
-                                                 captions=str(captions) if captions else None)
-                training.latent_classifier = str(classifier)
-                finetune(training, dataset=self.dataset)
+                training = replace(g, pretrained_model_name_or_path=str(base), output_dir=str(work),
+                                   captions=str(captions) if captions else None, latent_classifier=str(classifier),
+                                   resume_from_checkpoint="latest")
+                finetune(self.context, training)
         self.record("generator", folder)
         return folder
 
     def prototypes(self, bundle: Path) -> Path:
-        from rsdistill.prototypes import run_prototypes
-
-        data = self.config.data
-        folder = run_prototypes(self.dataset, self.config.prototypes, self.run_dir, seed=self.config.seed,
-                                resolution=data.resolution, cache_dir=data.cache_dir, device=self.config.device,
-                                on_bad_image=data.on_bad_image, vae=str(bundle))
+        folder = run_prototypes(self.context, self.config.prototypes, self.run_dir / "prototypes", vae=str(bundle))
         self.record("prototypes", folder)
         return folder
 
     def prompts(self, prototypes: Path, captions: Path | None) -> Path | None:
         if self.config.generator.prompts != "captions":
             return None
-        from rsdistill.captioning import run_captions
-
-        folder = run_captions(self.dataset, self.config.captions, self.run_dir / "prompts",
-                              resolution=self.config.data.resolution, prototypes=prototypes,
-                              cache_dir=self.config.data.cache_dir, on_bad_image=self.config.data.on_bad_image,
-                              device=self.config.device, captions_from=captions)
+        folder = run_captions(self.context, self.config.captions, self.run_dir / "prompts", prototypes=prototypes,
+                              captions_from=captions)
         self.record("prompts", folder)
         return folder
 
     def synthesis(self, bundle: Path, prototypes: Path, prompts: Path | None) -> Path:
-        from rsdistill.synthesis.synthesize import synthesize
-
-        set_dir = synthesize(bundle, prototypes, prompts, self.dataset, self.config.synthesis,
-                             self.run_dir / "synthesis", seed=self.config.seed, ipc=self.config.prototypes.ipc,
-                             device=self.config.device, data_resolution=self.config.data.resolution,
-                             cache_dir=self.config.data.cache_dir,
+        set_dir = synthesize(self.context, self.config.synthesis, self.run_dir / "synthesis", bundle, prototypes,
+                             prompts, ipc=self.config.prototypes.ipc,
                              class_labels_value=self.config.generator.class_labels_value)
         self.record("synthesis", self.run_dir / "synthesis")
         return set_dir
@@ -177,47 +145,42 @@ class Run:
     def refinement(self, set_dir: Path) -> Path:
         if self.config.refine.iterations == 0:
             return set_dir
-        from rsdistill.synthesis.refine import refine_set
-
         folder = self.run_dir / "refine"
-        refined = refine_set(set_dir, self.dataset, self.config.refine, folder, seed=self.config.seed,
-                             resolution=self.config.data.resolution, cache_dir=self.config.data.cache_dir,
-                             device=self.config.device, inputs={"synthesis": fingerprint_of(set_dir.parent)})
+        refined = refine_set(self.context, self.config.refine, folder, set_dir,
+                             inputs={"synthesis": fingerprint_of(set_dir.parent)})
         self.record("refine", folder)
         return refined
 
     def evaluation(self, set_dir: Path) -> Path:
-        from rsdistill.evaluate.evaluation import evaluate_sets
+        """Scores the set; with `evaluation.privacy_verdict`, also judges whether it is fit to share
+        (report/privacy.json and a section of report.md; see rsdistill.export.verdict)."""
+        from rsdistill.export.verdict import record_verdict, with_privacy_attack
 
         out = self.run_dir / "report"
-        evaluate_sets([set_dir], self.dataset, self.config.evaluation, out, device=self.config.device,
-                      cache_dir=self.config.data.cache_dir)
+        evaluation = with_privacy_attack(self.config.evaluation)
+        report = evaluate_sets(self.context, evaluation, out, [set_dir])
+        if evaluation.privacy_verdict:
+            record_verdict(self.context, evaluation, set_dir, out, report, space=self.config.synthesis.near_copy_space)
         return out
 
 
-BASE_SETTINGS = frozenset({"preset", "pretrained_model_name_or_path", "class_labels_value", "resolution",
-                           "vae_steps", "classifier_steps"})
+BASE_SETTINGS = frozenset({"preset", "pretrained_model_name_or_path", "class_labels_value", "vae_steps",
+                           "classifier_steps"})
 FINETUNE_SETTINGS = frozenset({
-    "resolution", "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps",
-    "use_lora", "lora_rank", "consistency_lambda", "consistency_max_timestep", "snr_gamma", "caption_dropout",
-    "prompts", "mixed_precision", "gradient_accumulation_steps", "class_labels_value",
+    "max_train_steps", "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_weight_decay",
+    "max_grad_norm", "use_lora", "rank", "consistency_lambda", "consistency_max_timestep", "snr_gamma",
+    "caption_dropout", "augment", "prompts", "mixed_precision", "gradient_accumulation_steps", "class_labels_value",
 })
 
 
-def scratch_preset(g: GeneratorConfig) -> ScratchPreset:
-    """The from-scratch preset named by `g`, with the sizes and step counts `g` overrides."""
-    from rsdistill.generator.scratch import get_preset
-
-    return get_preset(g.preset, resolution=g.resolution, vae_steps=g.vae_steps, classifier_steps=g.classifier_steps)
-
-
-def base_settings(g: GeneratorConfig) -> dict[str, Any]:
-    """What identifies the base stage: its config keys and, for a preset, the preset's resolved sizes (so that
-    a changed preset default builds a new base instead of reusing a stale one) and the precision its VAE
-    trains in."""
+def base_settings(g: GeneratorConfig, resolution: int) -> dict[str, Any]:
+    """What identifies the base stage: its config keys, the resolution and, for a preset, the preset's resolved
+    sizes (so that a changed preset default builds a new base instead of reusing a stale one) and the precision
+    its VAE trains in."""
     settings = {k: v for k, v in asdict(g).items() if k in BASE_SETTINGS}
+    settings["resolution"] = resolution
     if g.pretrained_model_name_or_path is None:
-        settings["preset_settings"] = asdict(scratch_preset(g))
+        settings["preset_settings"] = asdict(scratch_preset(g, resolution))
         settings["mixed_precision"] = g.mixed_precision
     return settings
 

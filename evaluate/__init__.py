@@ -1,4 +1,4 @@
-"""Stage 6: score sets by downstream training (BENCHMARK.md by default), with baselines, metrics, one report.
+"""Stage 6: score sets by downstream training (docs/benchmark.md by default), with baselines, metrics, one report.
 
 Entry points: :func:`evaluate_sets` (what ``rsdistill evaluate`` runs), :class:`Scorer` / :func:`score_arrays`
 (score arrays by the protocol), :func:`full_reference` (the cached full-data model: upper reference, soft-label

@@ -1,4 +1,4 @@
-"""BENCHMARK.md's training augmentation, drawn per image and applied to a whole batch in one resampling.
+"""docs/benchmark.md's training augmentation, drawn per image and applied to a whole batch in one resampling.
 
 Random horizontal flip, random vertical flip, random 90-degree rotation and a random resized crop with scale
 (0.8, 1) and aspect ratio (3/4, 4/3) back to the input size. The flips and rotations are exact pixel

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from rsdistill.core.artifacts import PeakMemory
 from rsdistill.core.config import EvalConfig, to_dict
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import FolderSource, SceneDataset
 from rsdistill.evaluate import report as reporting
 from rsdistill.evaluate.context import Evaluation, load_set
@@ -41,8 +41,9 @@ def real_train_bytes(dataset: SceneDataset) -> int | None:
     return sum((dataset.source.root / sample.key).stat().st_size for sample in dataset.train)
 
 
-def protocol_from_config(config: EvalConfig, dataset: SceneDataset) -> Protocol:
-    """The scoring protocol of `config`; with real data in training, `steps` defaults to the full schedule."""
+def protocol_from_config(config: EvalConfig, dataset: SceneDataset, resolution: int) -> Protocol:
+    """The scoring protocol of `config` at `resolution` (the run's ``data.resolution``); with real data in
+    training, `steps` defaults to the full schedule."""
     if config.train_on not in TRAIN_ON:
         raise RSDistillError(f"evaluation.train_on must be one of {', '.join(TRAIN_ON)}, not {config.train_on!r}.")
     steps = config.steps
@@ -50,11 +51,13 @@ def protocol_from_config(config: EvalConfig, dataset: SceneDataset) -> Protocol:
         steps = 500
         if config.train_on != "set":
             steps = steps_for_passes(len(dataset.train), config.full_passes or full_passes(dataset.name))
-    return Protocol(model=config.model, resolution=config.resolution, steps=steps, labels=config.labels,
+    return Protocol(model=config.model, resolution=resolution, steps=steps, labels=config.labels,
                     temperature=config.temperature, precision=config.precision)
 
 
 def check_options(config: EvalConfig, set_dirs: Sequence[str | Path]) -> None:
+    if config.runs < 1:
+        raise RSDistillError("evaluation.runs (--runs) must be at least 1.")
     unknown = sorted(set(config.metrics) - set(METRICS))
     if unknown:
         raise RSDistillError(f"Unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}.")
@@ -74,27 +77,24 @@ def check_options(config: EvalConfig, set_dirs: Sequence[str | Path]) -> None:
 
 
 def evaluate_sets(
-    set_dirs: Sequence[str | Path],
-    dataset: SceneDataset,
-    config: EvalConfig | None = None,
-    out_dir: str | Path | None = None,
-    device: str | torch.device = "auto",
-    cache_dir: str | Path | None = None,
+    context: RunContext,
+    config: EvalConfig,
+    out_dir: str | Path | None,
+    set_dirs: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Scores every set (and the baselines) by one protocol, measures metrics, writes the report.
 
     Args:
-        set_dirs: Sets in the common format (ImageFolder + metadata.jsonl).
-        dataset: The dataset they were made from.
-        config: What to run (BENCHMARK.md defaults).
+        context: The dataset the sets were made from, the resolution they are scored at, the image cache and
+            the training device.
+        config: What to run (docs/benchmark.md defaults).
         out_dir: Where report.json, report.md and the pictures go (nothing written when None).
-        device: Training device.
-        cache_dir: Decoded-image cache folder.
+        set_dirs: Sets in the common format (ImageFolder + metadata.jsonl).
 
     Returns:
         The report dict (as written to report.json).
     """
-    config = config or EvalConfig()
+    dataset, cache_dir = context.dataset, context.cache_dir
     check_options(config, set_dirs)
     if not set_dirs and not config.ipc and config.train_on == "set" and "full" not in config.baselines:
         raise RSDistillError(
@@ -102,9 +102,9 @@ def evaluate_sets(
         )
     start = time.perf_counter()
     with PeakMemory() as memory:
-        protocol = protocol_from_config(config, dataset)
+        protocol = protocol_from_config(config, dataset, context.resolution)
         sets = [load_set(path, dataset, protocol.resolution) for path in set_dirs]
-        scorer = Scorer.for_dataset(dataset, protocol, cache_dir, device=device, compile=config.compile)
+        scorer = Scorer.for_dataset(dataset, protocol, cache_dir, device=context.device, compile=config.compile)
         run = Evaluation(dataset, config, scorer, dataset.images("train", protocol.resolution, cache_dir=cache_dir))
         if config.labels == "soft" or "privacy" in config.metrics:
             teacher = Protocol(resolution=protocol.resolution, precision=scorer.protocol.precision)

@@ -1,4 +1,4 @@
-"""Downstream classifiers: ConvNet-3 (BENCHMARK.md), ResNet-18 from scratch, pretrained EfficientNet-Lite0."""
+"""Downstream classifiers: ConvNet-3 (docs/benchmark.md), ResNet-18 from scratch, pretrained EfficientNet-Lite0."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ MODELS = ("convnet3", "resnet18", "efficientnet-lite0")
 class ConvNet(nn.Module):
     """`depth` blocks of Conv3x3(width) -> GroupNorm(width, width) -> ReLU -> AvgPool2, then one Linear layer.
 
-    With the defaults this is BENCHMARK.md's ConvNet-3; its penultimate features are the flattened output of
+    With the defaults this is docs/benchmark.md's ConvNet-3; its penultimate features are the flattened output of
     the last block (128 * 8 * 8 = 8192 values at 64x64).
     """
 

@@ -1,11 +1,12 @@
-"""The training protocol of BENCHMARK.md: one classifier trained on a set, then tested on the real test split.
+"""The training protocol of docs/benchmark.md: one classifier trained on a set, then tested on the real test
+split.
 
 Defaults are the benchmark: ConvNet-3 at 64x64, SGD (momentum 0.9, lr 0.01, weight decay 5e-4), cosine
 schedule to 0 over 500 steps, batch min(64, n) drawn without replacement within each pass (a pass's last
 incomplete batch is dropped, so every step sees a full batch), per-image flips / 90-degree rotations /
 resized crops, hard labels and cross-entropy. On CPUs with bf16 instructions and on GPUs the forward and
-backward run under bf16 autocast with fp32 weights (as BASELINES.md was measured); the precision is part of
-the protocol's label.
+backward run under bf16 autocast with fp32 weights (as the reference baselines in docs/results.md were
+measured); the precision is part of the protocol's label.
 
 Images travel as uint8 (N, 3, H, W) tensors on the device and are normalised one batch at a time with the
 real train split's per-channel mean and std.
@@ -37,7 +38,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a classifier is trained for scoring. The defaults are BENCHMARK.md.
+    """How a classifier is trained for scoring. The defaults are docs/benchmark.md.
 
     Attributes:
         model: One of ``convnet3``, ``resnet18``, ``efficientnet-lite0``.
@@ -128,7 +129,7 @@ def to_uint8_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class Normalizer:
-    """Per-channel normalisation with the real train split's statistics (BENCHMARK.md)."""
+    """Per-channel normalisation with the real train split's statistics (docs/benchmark.md)."""
 
     mean: torch.Tensor  # (1, 3, 1, 1) float32, in [0, 1] units
     std: torch.Tensor

@@ -82,7 +82,7 @@ class Scorer:
         test: The real test split at the protocol's resolution.
         num_classes: Number of classes.
         mean, std: The real train split's per-channel statistics (in [0, 1] units).
-        protocol: How to train (BENCHMARK.md by default).
+        protocol: How to train (docs/benchmark.md by default).
         device: ``auto``, ``cpu``, ``cuda``...
         compile: Use `torch.compile` for the training step.
         teacher: Full-data model for ``labels="soft"``.
@@ -254,7 +254,7 @@ def score_arrays(
         test: The real test split at the same resolution.
         num_classes: Number of classes.
         mean, std: The real train split's per-channel statistics (:func:`train_stats`).
-        protocol: BENCHMARK.md when omitted.
+        protocol: docs/benchmark.md when omitted.
         seeds: One training run per seed.
         **kwargs: Passed to :class:`Scorer` (device, compile, teacher).
     """

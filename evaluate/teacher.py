@@ -5,7 +5,7 @@ exported as TorchScript, the feature extractor of the benchmark's herding and k-
 (CONTRACTS.md: ``model.pt`` maps float32 (N, 3, H, W) images in [0, 1] to penultimate features (N, D), with
 the normalisation baked in; ``config.json`` holds resolution, dim and the dataset fingerprint).
 
-BENCHMARK.md trains it for 30 passes over the train split at batch 64 (10 for eurosat). It is trained
+docs/benchmark.md trains it for 30 passes over the train split at batch 64 (10 for eurosat). It is trained
 once per (dataset fingerprint, protocol, passes, seed) and kept under ``$RSDISTILL_CACHE/evaluate``.
 It never sees a test image: the test split only scores it.
 """
@@ -38,7 +38,7 @@ EXTRACTOR = "extractor"
 
 
 def full_passes(dataset_name: str) -> int:
-    """BENCHMARK.md: 30 passes over the train split, 10 for eurosat."""
+    """docs/benchmark.md: 30 passes over the train split, 10 for eurosat."""
     return FULL_PASSES.get(dataset_name, DEFAULT_PASSES)
 
 
@@ -147,7 +147,7 @@ def full_reference(
         dataset: The dataset whose train split is used (whole) and whose test split scores it.
         scorer: Supplies the protocol (model, resolution, optimiser, augmentation, precision), the device and
             the test split; the reference trains `passes` passes over the train split with hard labels.
-        passes: Passes over the train split (default: BENCHMARK.md's, 10 for eurosat, else 30).
+        passes: Passes over the train split (default: docs/benchmark.md's, 10 for eurosat, else 30).
         seed: Training seed.
         cache_root: Where references are kept (default ``$RSDISTILL_CACHE/evaluate``).
     """

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from rsdistill.core.config import PrototypeConfig
 from rsdistill.core.errors import RSDistillError
-from rsdistill.data.dataset import SceneDataset
-from rsdistill.data.imageset import METADATA, write_image_set
+from rsdistill.data.context import RunContext
+from rsdistill.data.imageset import check_set_destination, write_image_set
 from rsdistill.prototypes.checks import check_ipc, note_small_classes
 from rsdistill.prototypes.encoders import load_encoder
 from rsdistill.prototypes.features import encode_split
@@ -25,6 +26,7 @@ from rsdistill.prototypes.kmeans import cluster
 from rsdistill.prototypes.representatives import choose_representatives
 
 METHODS = ("random", "herding", "kcenter", "kmeans")
+DEFAULT_ENCODER = "efficientnet-lite0"
 
 
 def herding(x: np.ndarray, n: int) -> list[int]:
@@ -114,21 +116,12 @@ def select_coreset(
 
 
 def write_coreset(
-    dataset: SceneDataset,
+    context: RunContext,
+    config: PrototypeConfig,
+    out_dir: str | Path,
     method: str,
     ipc: int,
-    out_dir: str | Path,
-    encoder: str | None = "efficientnet-lite0",
-    seed: int = 0,
-    resolution: int = 64,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    batch_size: int = 256,
-    niter: int = 25,
-    nredo: int = 1,
-    pool: int = 4,
-    encoder_size: int | None = None,
-    on_bad_image: str = "stop",
+    encoder: str | None = DEFAULT_ENCODER,
 ) -> Path:
     """Selects a coreset of the train split and writes it in the common set format.
 
@@ -138,23 +131,21 @@ def write_coreset(
         `out_dir`.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / METADATA).is_file():
-        raise RSDistillError(f"{out_dir} exists and is not an image set; choose another --out or empty it.")
+    check_set_destination(out_dir, overwrite=context.overwrite)
     if method not in METHODS:
         raise RSDistillError(f"Unknown coreset method {method!r}; use one of {', '.join(METHODS)}.")
+    dataset = context.dataset
     check_ipc(dataset.class_counts("train"), ipc)
-    images = dataset.images("train", resolution, cache_dir=cache_dir, on_bad_image=on_bad_image)
+    images = context.images("train")
     features = None
     encoder_name = None
     if method != "random":
         if not encoder:
             raise RSDistillError(f"Coreset method {method!r} needs an --encoder.")
-        model = load_encoder(
-            encoder, device=device, batch_size=batch_size, pool=pool, image_size=encoder_size
-        )
-        encoded = encode_split(
-            dataset, "train", resolution, model, cache_dir=cache_dir, on_bad_image=on_bad_image
-        )
+        model = load_encoder(encoder, device=context.device, batch_size=config.batch_size, pool=config.pool,
+                             image_size=config.encoder_size)
+        encoded = encode_split(dataset, "train", context.resolution, model, cache_dir=context.cache_dir,
+                               on_bad_image=context.on_bad_image)
         if encoded.keys != images.keys:
             raise RSDistillError("Cached features do not match the decoded images; clear the feature cache.")
         features, encoder_name = encoded.features, model.name
@@ -163,15 +154,15 @@ def write_coreset(
         features,
         images.labels,
         ipc,
-        seed=seed,
+        seed=context.seed,
         keys=images.keys,
         classes=dataset.classes,
-        niter=niter,
-        nredo=nredo,
+        niter=config.niter,
+        nredo=config.nredo,
     )
     chosen = images.subset(index)
     records = [
-        {"source_key": key, "method": method, "encoder": encoder_name, "seed": seed, "ipc": ipc}
+        {"source_key": key, "method": method, "encoder": encoder_name, "seed": context.seed, "ipc": ipc}
         for key in chosen.keys
     ]
     return write_image_set(out_dir, np.asarray(chosen.images), chosen.labels, dataset.classes, records)

@@ -11,7 +11,7 @@ import numpy as np
 from rsdistill.core.artifacts import Stage
 from rsdistill.core.config import PrototypeConfig
 from rsdistill.core.errors import RSDistillError
-from rsdistill.data.dataset import SceneDataset
+from rsdistill.data.context import RunContext
 from rsdistill.prototypes.checks import check_ipc, note_small_classes
 from rsdistill.prototypes.encoders import load_encoder
 from rsdistill.prototypes.features import Features, encode_split
@@ -94,57 +94,41 @@ def build_prototypes(
 
 
 def run_prototypes(
-    dataset: SceneDataset,
+    context: RunContext,
     config: PrototypeConfig,
-    run_dir: str | Path,
-    seed: int = 0,
-    resolution: int = 64,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
-    on_bad_image: str = "stop",
+    out: str | Path,
     vae: str | None = None,
-    name: str = "prototypes",
-    overwrite: bool = True,
 ) -> Path:
-    """Runs the prototypes stage into `<run_dir>/<name>` (skipped when already done); returns that folder.
+    """Runs the prototypes stage into the stage folder `out` (skipped when already done); returns it.
 
     Args:
-        dataset: The dataset; only its train split is read.
+        context: The dataset (only its train split is read), resolution, cache, device and seed (k-means).
         config: The stage's settings.
-        run_dir: Run directory.
-        seed: k-means seed.
-        resolution: Side the images are decoded at.
-        cache_dir: Decoded-image cache folder.
-        device: Where the encoder runs.
-        on_bad_image: ``stop`` or ``skip``.
+        out: The stage folder (``<run_dir>/prototypes`` in a run).
         vae: The folder a bare ``vae`` encoder means (the run's generator bundle).
-        name: The stage folder's name.
-        overwrite: Replace a finished folder made with other settings (else refuse with an error).
     """
+    dataset, seed, resolution = context.dataset, context.seed, context.resolution
     check_ipc(dataset.class_counts("train"), config.ipc)
     spec = f"vae:{vae}" if config.encoder == "vae" and vae else config.encoder
     config = PrototypeConfig(**{**asdict(config), "encoder": spec})
     encoder = load_encoder(
-        spec, device=device, batch_size=config.batch_size, pool=config.pool, image_size=config.encoder_size
+        spec, device=context.device, batch_size=config.batch_size, pool=config.pool, image_size=config.encoder_size
     )
+    out = Path(out)
     stage = Stage(
-        Path(run_dir),
-        name,
+        out.parent,
+        out.name,
         config={**asdict(config), "seed": seed, "resolution": resolution},
         inputs={"data": dataset.fingerprint, "encoder": encoder.id},
+        overwrite=context.overwrite,
     )
     if stage.done:
         return stage.path
-    if stage.path.exists() and not overwrite:
-        raise RSDistillError(
-            f"{stage.path} exists and holds prototypes made with other settings (or something else); "
-            "choose another --out, delete it, or pass --overwrite."
-        )
     extra: dict[str, float | int] = {}
     with stage.build(extra) as work:
         start = time.perf_counter()
         features = encode_split(
-            dataset, "train", resolution, encoder, cache_dir=cache_dir, on_bad_image=on_bad_image
+            dataset, "train", resolution, encoder, cache_dir=context.cache_dir, on_bad_image=context.on_bad_image
         )
         extra["encode_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Wall time to score one set by BENCHMARK.md next to the compute floor of this machine.
+"""Wall time to score one set by docs/benchmark.md next to the compute floor of this machine.
 
 The floor is the training FLOPs of the runs divided by the FLOP/s this machine reaches on a large matrix
 product. The protocol trains under bf16 autocast where the CPU has bf16 instructions (its convolutions and

@@ -27,10 +27,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rsdistill.core.artifacts import PeakMemory
+from rsdistill.core.config import GeneratorConfig, SynthesisConfig
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset
 from rsdistill.data.sources import load_dataset
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
-from rsdistill.generator.finetune import FinetuneConfig, finetune
+from rsdistill.generator.finetune import finetune
 from rsdistill.generator.finetune_data import PromptEncoder, class_prompt, stream_seed
 from rsdistill.generator.finetune_models import to_uint8_grid
 from rsdistill.generator.latent_classifier import LatentClassifier, predict_logits
@@ -50,14 +52,14 @@ def timed_part(report: dict[str, Any], name: str, fn: Any) -> Any:
 
 def train_unet(bundle: Path, out: Path, dataset: SceneDataset, steps: int, lam: float, args: argparse.Namespace,
                **extra: Any) -> Path:
-    config = FinetuneConfig(
-        str(bundle), str(out), dataset=args.dataset, data_root=args.data_root, resolution=args.resolution,
-        train_batch_size=args.train_batch_size, max_train_steps=steps, learning_rate=args.learning_rate,
-        checkpointing_steps=max(50, steps // 4), checkpoints_total_limit=1, resume_from_checkpoint="latest",
-        consistency_lambda=lam, consistency_max_timestep=args.consistency_max_timestep, seed=args.seed,
-        mixed_precision=args.mixed_precision,
+    config = GeneratorConfig(
+        pretrained_model_name_or_path=str(bundle), output_dir=str(out), train_batch_size=args.train_batch_size,
+        max_train_steps=steps, learning_rate=args.learning_rate, checkpointing_steps=max(50, steps // 4),
+        checkpoints_total_limit=1, consistency_lambda=lam, consistency_max_timestep=args.consistency_max_timestep,
+        mixed_precision=args.mixed_precision, validation_steps=None,
     )
-    return finetune(replace(config, **extra), dataset=dataset)
+    context = RunContext.of(dataset, resolution=args.resolution, seed=args.seed)
+    return finetune(context, replace(config, **extra))
 
 
 @torch.no_grad()
@@ -65,7 +67,7 @@ def class_samples(folder: Path, classes: list[str], per_class: int, seed: int) -
     """`per_class` samples per class from class-name prompts (DDIM 25 steps, CFG 3): latents and labels."""
     bundle = load_bundle(str(folder))
     encoder = PromptEncoder(bundle)
-    settings = SamplerSettings(mode="none", num_inference_steps=25, guidance_scale=3.0)
+    settings = SamplerSettings.from_config(SynthesisConfig(guidance="none", num_inference_steps=25, guidance_scale=3.0))
     latents, labels = [], []
     for label, name in enumerate(classes):
         seeds = [stream_seed(seed, "bench", label, i) for i in range(per_class)]

@@ -25,9 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsdistill.cli.common import add_data_arguments, config_from_args, dataset_from_args
-from rsdistill.cli.synthesis import add_synthesis_arguments
-from rsdistill.core.config import SynthesisConfig
+from rsdistill.cli.common import add_config_flags, context_from_args
 from rsdistill.data.imageset import read_image_set
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
 from rsdistill.generator.latent_classifier import LatentClassifier, predict_logits
@@ -58,20 +56,16 @@ def main() -> None:
     parser.add_argument("--prototypes")
     parser.add_argument("--prompts")
     parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default="/tmp/bench_synthesis", help="where the two runs are written")
-    add_synthesis_arguments(parser)
-    add_data_arguments(parser)
+    add_config_flags(parser, "seed", "device", "data", "synthesis")
     args = parser.parse_args()
-    dataset = dataset_from_args(args)
-    config = config_from_args(SynthesisConfig, args)
+    run_config, context = context_from_args(args)
+    dataset, config = context.dataset, run_config.synthesis
     work = Path(args.work)
     walls = []
     for name in ("run1", "run2"):
         start = time.perf_counter()
-        synthesize(args.generator, args.prototypes, args.prompts, dataset, config, work / name, seed=args.seed,
-                   ipc=args.ipc, device=args.device, data_resolution=args.resolution, cache_dir=args.cache_dir)
+        synthesize(context, config, work / name, args.generator, args.prototypes, args.prompts, ipc=args.ipc)
         walls.append(time.perf_counter() - start)
     first, second = stage_files(work / "run1"), stage_files(work / "run2")
     manifest = json.loads((work / "run1" / "manifest.json").read_text())

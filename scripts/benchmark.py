@@ -1,11 +1,11 @@
-"""The benchmark table of ../shared/BENCHMARK.md: distilled sets next to real coresets and full data.
+"""The benchmark table of docs/benchmark.md: distilled sets next to real coresets and full data.
 
     RSDISTILL_DATA=../shared/datasets python scripts/benchmark.py                 # everything
     python scripts/benchmark.py --datasets eurosat --ipcs 10 --methods distilled random herding
 
 For every dataset and IPC it scores, by the one protocol (ConvNet-3, 500 steps, 3 runs): the distilled set
 (`rsdistill run` with `scripts/configs/<dataset>-ipc<k>.yaml`), the coresets random / herding / kcenter /
-kmeans (herding and k-center in the penultimate features of the `full` ConvNet-3, as BENCHMARK.md defines
+kmeans (herding and k-center in the penultimate features of the `full` ConvNet-3, as docs/benchmark.md defines
 them; k-means medoids in the same space), and `full`. At IPC 10 it adds the ablations. Each scored item is
 kept as JSON under --work (a distilled item under a hash of its effective config, so a changed config is
 scored again), so an interrupted benchmark resumes and a partial one can be extended; the merged
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rsdistill.core.atomic import write_text_atomic
-from rsdistill.core.config import EvalConfig, RunConfig, dump_config, load_config
+from rsdistill.core.config import EvalConfig, PrototypeConfig, RunConfig, dump_config, load_config
+from rsdistill.data.context import RunContext
 from rsdistill.data.sources import load_dataset
 from rsdistill.pipeline import base_settings
 
@@ -57,7 +58,7 @@ def config_tag(dataset: str, ipc: int, overrides: list[str]) -> str:
     """Short hash of a run's effective config (its folders left out) and of what identifies its base generator
     (the preset's sizes and training precision): a changed config or preset is scored afresh."""
     config = replace(load_config(CONFIGS / f"{dataset}-ipc{ipc}.yaml", overrides), run_dir="", shared_dir=None)
-    base = json.dumps(base_settings(config.generator), sort_keys=True)
+    base = json.dumps(base_settings(config.generator, config.data.resolution), sort_keys=True)
     return hashlib.sha256((dump_config(config) + base).encode()).hexdigest()[:10]
 
 
@@ -86,11 +87,11 @@ def report_fields(report: dict[str, Any], out: Path) -> dict[str, Any]:
             "report": str(out)}
 
 
-def score_set(dataset: Any, set_dir: Path, evaluation: EvalConfig, out: Path) -> dict[str, Any]:
+def score_set(context: RunContext, set_dir: Path, evaluation: EvalConfig, out: Path) -> dict[str, Any]:
     """One set scored next to `full` (the random baseline is scored with the coresets)."""
     from rsdistill.evaluate.evaluation import evaluate_sets
 
-    report = evaluate_sets([set_dir], dataset, replace(evaluation, baselines=["full"], ipc=[]), out)
+    report = evaluate_sets(context, replace(evaluation, baselines=["full"], ipc=[]), out, [set_dir])
     return {**accuracy_of(report, "set"), **report_fields(report, out)}
 
 
@@ -102,31 +103,31 @@ def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag
     set_dir = run_pipeline(config, evaluate=False)
     wall = time.perf_counter() - start
     stages = json.loads((Path(config.run_dir) / "stages.json").read_text())["stages"]
-    dataset = load_dataset(config.data.dataset, root=config.data.root)
-    result = score_set(dataset, set_dir, config.evaluation, Path(config.run_dir) / "report")
+    result = score_set(RunContext.load(config), set_dir, config.evaluation, Path(config.run_dir) / "report")
     return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides,
             "config_tag": config_tag(dataset_name, ipc, overrides)}
 
 
-def coresets(dataset: Any, methods: list[str], ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
+def coresets(context: RunContext, methods: list[str], ipc: int, work: Path, evaluation: EvalConfig) -> dict[str, Any]:
     """Every coreset at one IPC, scored in one evaluation (one report with their pictures side by side)."""
     from rsdistill.evaluate.evaluation import evaluate_sets, protocol_from_config
     from rsdistill.evaluate.scoring import Scorer
     from rsdistill.evaluate.teacher import full_reference
     from rsdistill.prototypes import write_coreset
 
+    dataset = context.dataset
     out = work / dataset.name / f"ipc{ipc}" / "coresets"
     selected = [m for m in methods if m != "random"]
     set_dirs = []
     if selected:
-        protocol = protocol_from_config(evaluation, dataset)
+        protocol = protocol_from_config(evaluation, dataset, context.resolution)
         reference = full_reference(dataset, Scorer.for_dataset(dataset, protocol), evaluation.full_passes)
         encoder = f"torchscript:{reference.extractor}"
-        set_dirs = [write_coreset(dataset, method, ipc, out / method, encoder=encoder, seed=0,
-                                  resolution=evaluation.resolution) for method in selected]
+        set_dirs = [write_coreset(replace(context, seed=0), PrototypeConfig(), out / method, method, ipc,
+                                  encoder=encoder) for method in selected]
     baselines = ["random", "full"] if "random" in methods else ["full"]
     config = replace(evaluation, baselines=baselines, ipc=[ipc] if "random" in methods else [])
-    report = evaluate_sets(set_dirs, dataset, config, out / "report")
+    report = evaluate_sets(context, config, out / "report", set_dirs)
     common = report_fields(report, out / "report")
     results = {method: {**accuracy_of(report, "set", index), **common} for index, method in enumerate(selected)}
     if "random" in methods:
@@ -192,7 +193,7 @@ def record(new: dict[str, Any], command: str, readme: bool) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"commands": commands, "results": results}, indent=2, default=str))
     produced = "\n".join(f"    RSDISTILL_DATA=../shared/datasets {c}" for c in commands)
-    markdown = (f"# Benchmark (BENCHMARK.md protocol)\n\nProduced by\n\n{produced}\n\n{table(results)}\n\n"
+    markdown = (f"# Benchmark (docs/benchmark.md protocol)\n\nProduced by\n\n{produced}\n\n{table(results)}\n\n"
                 f"## Stage wall time and peak memory\n\n{stage_table(results)}\n")
     write_text_atomic(RESULTS / "benchmark.md", markdown)
     if readme:
@@ -226,8 +227,9 @@ def main() -> None:
         + [f"--ablation {name}" for name in args.ablation or []]
         + ([f"--work {args.work}"] if args.work != parser.get_default("work") else []))
     for name in args.datasets:
-        dataset = load_dataset(name)
-        evaluation = load_config(CONFIGS / f"{name}-ipc10.yaml").evaluation
+        benchmark_config = load_config(CONFIGS / f"{name}-ipc10.yaml")
+        context = RunContext.from_config(load_dataset(name), benchmark_config)
+        evaluation = benchmark_config.evaluation
         for ipc in args.ipcs:
             items = args.work / name / f"ipc{ipc}" / "items"
             if "distilled" in args.methods:
@@ -236,7 +238,7 @@ def main() -> None:
                 record({f"{name}/{ipc}/distilled": made}, command, args.readme)
             baselines = [m for m in args.methods if m != "distilled"]
             if baselines:
-                make = partial(coresets, dataset, baselines, ipc, args.work, evaluation)
+                make = partial(coresets, context, baselines, ipc, args.work, evaluation)
                 made = scored(items / f"coresets-{'-'.join(baselines)}.json", make)
                 record({f"{name}/{ipc}/{method}": result for method, result in made.items()}, command, args.readme)
             if ipc == 10 and args.ablations and "distilled" in args.methods:

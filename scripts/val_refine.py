@@ -2,7 +2,7 @@
 
 The held-out share of train (stratified, the same split the latent classifier is validated on) is the test
 set here; the real images matched against are the rest of train. Each variant refines the given set, is
-trained on by the BENCHMARK.md protocol and tested on the held-out images, next to the unrefined set and a
+trained on by the docs/benchmark.md protocol and tested on the held-out images, next to the unrefined set and a
 random coreset drawn from the non-held-out images.
 
     python scripts/val_refine.py runs/eurosat-ipc10/synthesis/set --dataset eurosat \

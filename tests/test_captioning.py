@@ -27,6 +27,7 @@ from rsdistill.cli.main import main
 from rsdistill.core.artifacts import read_manifest
 from rsdistill.core.config import CaptionConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.sources import load_dataset
 from tests.captioning_helpers import write_prototypes
 
@@ -177,7 +178,7 @@ def dataset_root(make_imagefolder: Callable[..., Path]) -> Path:
 
 def test_stage_writes_imagefolder_metadata_and_class_prompts(dataset_root: Path, tmp_path: Path) -> None:
     dataset = load_dataset(f"imagefolder:{dataset_root}")
-    folder = run_captions(dataset, CaptionConfig(), tmp_path / "run" / "captions", resolution=32)
+    folder = run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "run" / "captions")
     lines = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     assert [line["file_name"] for line in lines] == [s.key for s in dataset.train]
     assert all(line["text"] and line["captioner"] == "attributes" for line in lines)
@@ -194,7 +195,7 @@ def test_stage_writes_imagefolder_metadata_and_class_prompts(dataset_root: Path,
 
     manifest = read_manifest(folder)
     assert manifest["images"] == 12 and manifest["fallbacks"] == 0
-    again = run_captions(dataset, CaptionConfig(), tmp_path / "run" / "captions", resolution=32)
+    again = run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "run" / "captions")
     assert again == folder and read_manifest(folder)["finished_at"] == manifest["finished_at"]
 
 
@@ -202,7 +203,7 @@ def test_metadata_loads_with_datasets_imagefolder(dataset_root: Path, tmp_path: 
     import datasets
 
     dataset = load_dataset(f"imagefolder:{dataset_root}")
-    folder = run_captions(dataset, CaptionConfig(), tmp_path / "captions", resolution=32)
+    folder = run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "captions")
     shutil.copy(folder / "metadata.jsonl", dataset_root / "metadata.jsonl")
     # As diffusers' train_text_to_image.py does with --train_data_dir.
     files = {"train": str(dataset_root / "**")}
@@ -215,7 +216,7 @@ def test_prompts_follow_prototypes(dataset_root: Path, tmp_path: Path) -> None:
     dataset = load_dataset(f"imagefolder:{dataset_root}")
     protos = write_prototypes(tmp_path / "prototypes", dataset)
     config = CaptionConfig(aggregation="frequent-phrases", max_prompt_tokens=20)
-    folder = run_captions(dataset, config, tmp_path / "captions", resolution=32, prototypes=protos)
+    folder = run_captions(RunContext.of(dataset, resolution=32), config, tmp_path / "captions", prototypes=protos)
     expected = json.loads((protos / "prototypes.json").read_text())["prototypes"]
     prompts = load_prompts(folder)
     assert [(p["id"], p["class"], p["label"], p["members"]) for p in prompts] == [
@@ -235,16 +236,11 @@ def test_prototypes_of_another_dataset_are_refused(
     other = load_dataset(f"imagefolder:{make_imagefolder(name='other', test_per_class=2)}")
     protos = write_prototypes(tmp_path / "prototypes", other)
     with pytest.raises(RSDistillError, match="another dataset"):
-        run_captions(dataset, CaptionConfig(), tmp_path / "captions", resolution=32, prototypes=protos)
+        run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "captions", prototypes=protos)
     (tmp_path / "broken.json").write_text('{"prototypes": [{"id": "x"}]}')
     with pytest.raises(RSDistillError, match=r"broken\.json is not a prototypes file"):
-        run_captions(
-            dataset,
-            CaptionConfig(),
-            tmp_path / "captions",
-            resolution=32,
-            prototypes=tmp_path / "broken.json",
-        )
+        run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "captions",
+                     prototypes=tmp_path / "broken.json")
 
 
 def test_prompts_reuse_the_shared_captions_and_refuse_other_settings(
@@ -252,19 +248,19 @@ def test_prompts_reuse_the_shared_captions_and_refuse_other_settings(
 ) -> None:
     dataset = load_dataset(f"imagefolder:{dataset_root}")
     protos = write_prototypes(tmp_path / "prototypes", dataset)
-    shared = run_captions(dataset, CaptionConfig(), tmp_path / "shared", resolution=32)
-    fresh = run_captions(dataset, CaptionConfig(), tmp_path / "fresh", resolution=32, prototypes=protos)
+    shared = run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "shared")
+    fresh = run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "fresh", prototypes=protos)
 
     def refuse(*args: object) -> None:
         raise AssertionError("the images were captioned again")
 
     monkeypatch.setattr(AttributeCaptioner, "caption", refuse)
-    reused = run_captions(dataset, CaptionConfig(), tmp_path / "reused", resolution=32, prototypes=protos,
-                          captions_from=shared)
+    reused = run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "reused",
+                          prototypes=protos, captions_from=shared)
     assert load_prompts(reused) == load_prompts(fresh)
     assert load_captions(reused) == load_captions(shared)
     with pytest.raises(RSDistillError, match="its max_prompt_tokens differ"):
-        run_captions(dataset, CaptionConfig(max_prompt_tokens=20), tmp_path / "other", resolution=32,
+        run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(max_prompt_tokens=20), tmp_path / "other",
                      prototypes=protos, captions_from=shared)
 
 
@@ -288,10 +284,11 @@ def test_interrupted_captioning_resumes(
     real = stage_module.build_captioner
     monkeypatch.setattr(stage_module, "build_captioner", lambda *a: Interrupting(real(*a), stop_after=2))
     with pytest.raises(KeyboardInterrupt):
-        run_captions(dataset, CaptionConfig(), tmp_path / "captions", resolution=32)
+        run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "captions")
     assert not (tmp_path / "captions").exists()
     monkeypatch.setattr(stage_module, "build_captioner", real)
-    captions = load_captions(run_captions(dataset, CaptionConfig(), tmp_path / "captions", resolution=32))
+    captions = load_captions(run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(),
+                                          tmp_path / "captions"))
     resumed = [captions[s.key].startswith("first run, ") for s in dataset.train]
     assert resumed == [True] * 8 + [False] * 4
 
@@ -301,8 +298,9 @@ def test_unreadable_image_is_named(dataset_root: Path, tmp_path: Path) -> None:
     bad.write_bytes(b"not an image")
     dataset = load_dataset(f"imagefolder:{dataset_root}")
     with pytest.raises(RSDistillError, match=r"SeaLake_005\.png"):
-        run_captions(dataset, CaptionConfig(), tmp_path / "captions", resolution=32)
-    folder = run_captions(dataset, CaptionConfig(), tmp_path / "captions", resolution=32, on_bad_image="skip")
+        run_captions(RunContext.of(dataset, resolution=32), CaptionConfig(), tmp_path / "captions")
+    folder = run_captions(RunContext.of(dataset, resolution=32, on_bad_image="skip"), CaptionConfig(),
+                          tmp_path / "captions")
     assert "SeaLake/SeaLake_005.png" not in load_captions(folder)
     assert read_manifest(folder)["skipped"] == ["SeaLake/SeaLake_005.png"]
 

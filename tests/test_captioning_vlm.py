@@ -14,6 +14,7 @@ from rsdistill.cli.main import main
 from rsdistill.core.artifacts import read_manifest
 from rsdistill.core.config import CaptionConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.sources import load_dataset
 from tests.captioning_helpers import (
     save_text_model,
@@ -64,9 +65,8 @@ def test_stage_with_a_vlm(dataset_root: Path, tmp_path: Path) -> None:
         captioner="hf", model=str(model), prompt="", batch_size=3, max_new_tokens=2, image_resolution=40
     )
     protos = write_prototypes(tmp_path / "prototypes", dataset)
-    folder = run_captions(
-        dataset, config, tmp_path / "captions", resolution=32, prototypes=protos, device="cpu"
-    )
+    folder = run_captions(RunContext.of(dataset, resolution=32, device="cpu"), config, tmp_path / "captions",
+                          prototypes=protos)
     captions = load_captions(folder)
     assert captions["River/River_004.png"] == "a satellite image of a river scene, river river"
     assert len(captions) == 8 and read_manifest(folder)["fallbacks"] == 0

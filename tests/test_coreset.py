@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from rsdistill.cli.main import main
+from rsdistill.core.config import PrototypeConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.imageset import read_image_set
 from rsdistill.data.sources import load_dataset
 from rsdistill.prototypes import herding, kcenter, select_coreset, write_coreset
@@ -67,7 +69,8 @@ def test_write_coreset_common_format(
     make_imagefolder: Callable[..., Path], tmp_path: Path, method: str
 ) -> None:
     dataset = load_dataset(f"imagefolder:{make_imagefolder(test_per_class=3)}")
-    out = write_coreset(dataset, method, 2, tmp_path / method, encoder="pixels:8", seed=0, resolution=16)
+    out = write_coreset(RunContext.of(dataset, seed=0, resolution=16), PrototypeConfig(), tmp_path / method, method, 2,
+                        encoder="pixels:8")
     coreset = read_image_set(out, dataset.classes)
     assert coreset.per_class() == {"forest": 2, "lake": 2, "town": 2}
     assert coreset.images.shape == (6, 16, 16, 3)

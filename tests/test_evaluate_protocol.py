@@ -1,4 +1,4 @@
-"""The BENCHMARK.md protocol: augmentation, batching, schedule, network, training and scoring."""
+"""The docs/benchmark.md protocol: augmentation, batching, schedule, network, training and scoring."""
 
 from __future__ import annotations
 

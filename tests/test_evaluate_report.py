@@ -13,6 +13,7 @@ import torch
 from rsdistill.cli.main import main
 from rsdistill.core.config import EvalConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.imageset import write_image_set
 from rsdistill.evaluate.evaluation import evaluate_sets
 from rsdistill.evaluate.protocol import Trainer
@@ -84,32 +85,32 @@ def test_full_reference_is_cached_exported_and_never_sees_test_images(
 def test_soft_labels_and_real_plus_set(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     set_dir = set_from_train(dataset, tmp_path / "s", 1)
-    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, labels="soft", compile=False, precision="fp32",
+    config = EvalConfig(steps=2, runs=1, labels="soft", compile=False, precision="fp32",
                         baselines=[], full_passes=2)
-    report = evaluate_sets([set_dir], dataset, config, tmp_path / "soft")
+    report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, tmp_path / "soft", [set_dir])
     assert report["rows"][0]["n_train"] == 3 and "soft-T4" in report["protocol_label"]
-    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, train_on="real+set", compile=False,
+    config = EvalConfig(steps=2, runs=1, train_on="real+set", compile=False,
                         precision="fp32", baselines=[])
-    report = evaluate_sets([set_dir], dataset, config, None)
+    report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, None, [set_dir])
     assert report["rows"][0]["n_train"] == len(dataset.train) + 3
 
 
 def test_random_baseline_alone_at_given_ipcs(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
-    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=2, compile=False, precision="fp32", baselines=["random"],
+    config = EvalConfig(steps=2, runs=2, compile=False, precision="fp32", baselines=["random"],
                         ipc=[1, 3])
-    report = evaluate_sets([], dataset, config, tmp_path / "r")
+    report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, tmp_path / "r", [])
     assert [(r["method"], r["ipc"], r["n_train"]) for r in report["rows"]] == [("random", 1, 3), ("random", 3, 9)]
 
 
 def test_training_on_real_data_alone(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
-    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, train_on="real", compile=False, precision="fp32",
+    config = EvalConfig(steps=2, runs=1, train_on="real", compile=False, precision="fp32",
                         baselines=[])
-    report = evaluate_sets([], dataset, config, None)
+    report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, None, [])
     assert [(r["method"], r["n_train"]) for r in report["rows"]] == [("real", len(dataset.train))]
     with pytest.raises(RSDistillError, match="give no SET"):
-        evaluate_sets([tmp_path], dataset, config, None)
+        evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, None, [tmp_path])
 
 
 def test_class_names_that_differ_are_listed(make_imagefolder: MakeFolder, tmp_path: Path, capsys: Capture) -> None:
@@ -132,8 +133,8 @@ def test_uneven_set_is_scored_and_labelled(make_imagefolder: MakeFolder, tmp_pat
     shutil.copytree(other / "town", set_dir / "town")
     lines += (other / "metadata.jsonl").read_text().splitlines()
     (set_dir / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, compile=False, precision="fp32", baselines=["random"])
-    report = evaluate_sets([set_dir], dataset, config, tmp_path / "out")
+    config = EvalConfig(steps=2, runs=1, compile=False, precision="fp32", baselines=["random"])
+    report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, tmp_path / "out", [set_dir])
     row = report["rows"][0]
     assert row["uneven"] and row["per_class"] == {"forest": 2, "lake": 2, "town": 1}
     assert len(report["rows"]) == 1  # no random baseline at an uneven IPC
@@ -146,15 +147,15 @@ def test_unreadable_image_is_named(make_imagefolder: MakeFolder, tmp_path: Path)
     victim = next((set_dir / "lake").iterdir())
     victim.write_bytes(b"not a png")
     with pytest.raises(RSDistillError, match=victim.name):
-        evaluate_sets([set_dir], dataset, EvalConfig(resolution=RESOLUTION, compile=False), None)
+        evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), EvalConfig(compile=False), None, [set_dir])
 
 
 def test_unknown_options_are_refused(make_imagefolder: MakeFolder, tmp_path: Path) -> None:
     dataset = fake_dataset(make_imagefolder)
     with pytest.raises(RSDistillError, match="rsdistill coreset"):
-        evaluate_sets([], dataset, EvalConfig(baselines=["herding"]), None)
+        evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), EvalConfig(baselines=["herding"]), None, [])
     with pytest.raises(RSDistillError, match="Unknown metric"):
-        evaluate_sets([], dataset, EvalConfig(metrics=["beauty"]), None)
+        evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), EvalConfig(metrics=["beauty"]), None, [])
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_real_ucmerced_set_is_scored_on_the_whole_test_split(tmp_path: Path) -> 
     require_real("ucmerced")
     dataset = load_dataset("ucmerced")
     set_dir = set_from_train(dataset, tmp_path / "ucm", 1)
-    config = EvalConfig(resolution=RESOLUTION, steps=2, runs=1, compile=False, baselines=["random"])
-    report = evaluate_sets([set_dir], dataset, config, None)
+    config = EvalConfig(steps=2, runs=1, compile=False, baselines=["random"])
+    report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, None, [set_dir])
     assert [r["n_train"] for r in report["rows"]] == [21, 21]
     assert report["real_train_bytes"] > 0 and 0 < report["rows"][0]["storage_ratio"] < 0.01

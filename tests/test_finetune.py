@@ -12,10 +12,13 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
+from rsdistill.core.config import GeneratorConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
+from rsdistill.data.sources import load_dataset
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
 from rsdistill.generator.checkpoints import list_checkpoints
-from rsdistill.generator.finetune import FinetuneConfig, consistency_loss, finetune
+from rsdistill.generator.finetune import consistency_loss, finetune
 from rsdistill.generator.finetune_data import PromptEncoder, vae_digest
 from rsdistill.generator.finetune_models import prepare_unet
 from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
@@ -49,10 +52,13 @@ def sd(tmp_path: Path) -> Path:
     return with_classifier(tiny_sd_folder(tmp_path / "sd"))
 
 
-def settings(bundle: Path, out: Path, dataset: str, **overrides: object) -> FinetuneConfig:
-    base = FinetuneConfig(str(bundle), str(out), dataset=dataset, resolution=32, train_batch_size=2,
-                          max_train_steps=2, checkpointing_steps=1, progress=False, learning_rate=1e-3)
-    return replace(base, **overrides)
+def settings(bundle: Path, out: Path, dataset: str, **overrides: object) -> tuple[RunContext, GeneratorConfig]:
+    """A tiny run: consistency, checkpoint pruning, validation grids and resuming off unless asked for."""
+    base = GeneratorConfig(pretrained_model_name_or_path=str(bundle), output_dir=str(out), train_batch_size=2,
+                           max_train_steps=2, checkpointing_steps=1, progress=False, learning_rate=1e-3, rank=4,
+                           consistency_lambda=0.0, checkpoints_total_limit=None, resume_from_checkpoint=None,
+                           validation_steps=None)
+    return RunContext.of(load_dataset(dataset), resolution=32), replace(base, **overrides)
 
 
 def unet_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -64,7 +70,7 @@ def log_lines(out: Path) -> list[dict]:
 
 
 def test_two_step_lora(sd: Path, scenes: str, tmp_path: Path) -> None:
-    out = finetune(settings(sd, tmp_path / "out", scenes, use_lora=True, rank=2, validation_steps=2))
+    out = finetune(*settings(sd, tmp_path / "out", scenes, use_lora=True, rank=2, validation_steps=2))
     before, after = unet_weights(sd), unet_weights(out)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(any(t in name for t in ("to_q", "to_k", "to_v", "to_out.0")) for name in changed)
@@ -78,7 +84,7 @@ def test_two_step_lora(sd: Path, scenes: str, tmp_path: Path) -> None:
 
 
 def test_lora_output_matches_adapter_model(sd: Path, scenes: str, tmp_path: Path) -> None:
-    out = finetune(settings(sd, tmp_path / "out", scenes, use_lora=True, rank=2, max_train_steps=1))
+    out = finetune(*settings(sd, tmp_path / "out", scenes, use_lora=True, rank=2, max_train_steps=1))
     merged = load_bundle(str(out)).unet
     adapted = load_bundle(str(sd)).unet
     adapted.load_lora_adapter(str(out / "unet_lora"), prefix="unet", weight_name="pytorch_lora_weights.safetensors")
@@ -88,7 +94,7 @@ def test_lora_output_matches_adapter_model(sd: Path, scenes: str, tmp_path: Path
 
 
 def test_two_step_full_finetune_logs_both_terms(sd: Path, scenes: str, tmp_path: Path) -> None:
-    out = finetune(settings(sd, tmp_path / "out", scenes, consistency_lambda=0.5, consistency_max_timestep=999,
+    out = finetune(*settings(sd, tmp_path / "out", scenes, consistency_lambda=0.5, consistency_max_timestep=999,
                             caption_dropout=0.0, snr_gamma=5.0, checkpoints_total_limit=1))
     before, after = unet_weights(sd), unet_weights(out)
     assert sum(not torch.equal(before[k], after[k]) for k in before) > len(before) // 2
@@ -103,9 +109,9 @@ def test_two_step_full_finetune_logs_both_terms(sd: Path, scenes: str, tmp_path:
 def test_resumed_run_matches_uninterrupted_one(sd: Path, scenes: str, tmp_path: Path, use_lora: bool) -> None:
     common = {"use_lora": use_lora, "gradient_accumulation_steps": 2, "checkpointing_steps": 2,
               "consistency_lambda": 0.5, "caption_dropout": 0.3}
-    whole = finetune(settings(sd, tmp_path / "whole", scenes, max_train_steps=4, **common))
-    finetune(settings(sd, tmp_path / "parts", scenes, max_train_steps=2, **common))
-    parts = finetune(settings(sd, tmp_path / "parts", scenes, max_train_steps=4, resume_from_checkpoint="latest",
+    whole = finetune(*settings(sd, tmp_path / "whole", scenes, max_train_steps=4, **common))
+    finetune(*settings(sd, tmp_path / "parts", scenes, max_train_steps=2, **common))
+    parts = finetune(*settings(sd, tmp_path / "parts", scenes, max_train_steps=4, resume_from_checkpoint="latest",
                               **common))
     expected, got = unet_weights(whole), unet_weights(parts)
     assert all(torch.equal(expected[name], got[name]) for name in expected)
@@ -113,9 +119,9 @@ def test_resumed_run_matches_uninterrupted_one(sd: Path, scenes: str, tmp_path: 
 
 
 def test_resume_with_other_settings_is_refused(sd: Path, scenes: str, tmp_path: Path) -> None:
-    finetune(settings(sd, tmp_path / "out", scenes))
+    finetune(*settings(sd, tmp_path / "out", scenes))
     with pytest.raises(RSDistillError, match=r"learning_rate: 0.001 -> 0.0005.*use_lora: False -> True"):
-        finetune(settings(sd, tmp_path / "out", scenes, max_train_steps=3, resume_from_checkpoint="latest",
+        finetune(*settings(sd, tmp_path / "out", scenes, max_train_steps=3, resume_from_checkpoint="latest",
                           learning_rate=5e-4, use_lora=True))
 
 
@@ -144,21 +150,21 @@ def test_consistency_term_reaches_unet_only_below_threshold(sd: Path) -> None:
 def test_v_prediction_bundle(tmp_path: Path, scenes: str) -> None:
     folder = with_classifier(tiny_sd_folder(tmp_path / "sd-v", prediction_type="v_prediction"))
     assert load_bundle(str(folder)).prediction_type == "v_prediction"
-    out = finetune(settings(folder, tmp_path / "out", scenes, consistency_lambda=0.5, snr_gamma=5.0))
+    out = finetune(*settings(folder, tmp_path / "out", scenes, consistency_lambda=0.5, snr_gamma=5.0))
     assert load_bundle(str(out)).prediction_type == "v_prediction"
 
 
 def test_unet_requiring_class_labels(tmp_path: Path, scenes: str) -> None:
     folder = tiny_sd_folder(tmp_path / "sd-labels", num_class_embeds=4)
     with pytest.raises(RSDistillError, match="--class_labels_value"):
-        finetune(settings(folder, tmp_path / "refused", scenes))
-    out = finetune(settings(folder, tmp_path / "out", scenes, class_labels_value=2, use_lora=True))
+        finetune(*settings(folder, tmp_path / "refused", scenes))
+    out = finetune(*settings(folder, tmp_path / "out", scenes, class_labels_value=2, use_lora=True))
     assert load_bundle(str(out)).class_labels_value == 2
     assert json.loads((out / "rsdistill.json").read_text())["class_labels_value"] == 2
 
 
 def test_bf16_autocast_with_gradient_checkpointing(sd: Path, scenes: str, tmp_path: Path) -> None:
-    out = finetune(settings(sd, tmp_path / "out", scenes, mixed_precision="bf16", gradient_checkpointing=True,
+    out = finetune(*settings(sd, tmp_path / "out", scenes, mixed_precision="bf16", gradient_checkpointing=True,
                             max_train_steps=1, consistency_lambda=0.5, consistency_max_timestep=999))
     summary = json.loads((out / "logs" / "summary.json").read_text())
     assert summary["mixed_precision"] == "bf16" and summary["steps_run"] == 1
@@ -179,7 +185,7 @@ def test_lora_without_attention_is_refused() -> None:
     unet = UNet2DConditionModel(sample_size=8, block_out_channels=(16, 32), layers_per_block=1,
                                 down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
                                 mid_block_type=None, norm_num_groups=8, cross_attention_dim=32)
-    config = FinetuneConfig("unused", "unused", use_lora=True)
+    config = GeneratorConfig(use_lora=True)
     with pytest.raises(RSDistillError, match="no attention projections"):
         prepare_unet(unet, config, torch.float32, torch.device("cpu"))
 
@@ -187,7 +193,7 @@ def test_lora_without_attention_is_refused() -> None:
 def test_consistency_without_classifier_is_refused(tmp_path: Path, scenes: str) -> None:
     folder = tiny_sd_folder(tmp_path / "sd")
     with pytest.raises(RSDistillError, match="needs a latent classifier"):
-        finetune(settings(folder, tmp_path / "out", scenes, consistency_lambda=0.1))
+        finetune(*settings(folder, tmp_path / "out", scenes, consistency_lambda=0.1))
 
 
 def test_prompt_encoder_preloads_the_training_prompts_once(sd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +218,7 @@ def test_captions_folder_supplies_prompts(sd: Path, scenes: str, tmp_path: Path)
     captions.mkdir()
     (captions / "metadata.jsonl").write_text(json.dumps({"file_name": "forest/forest_001.png", "text": "trees"}))
     with pytest.raises(RSDistillError, match="no caption for 11 train image"):
-        finetune(settings(sd, tmp_path / "out", scenes, captions=str(captions)))
+        finetune(*settings(sd, tmp_path / "out", scenes, captions=str(captions)))
 
 
 def test_out_of_memory_names_the_flags_that_help(sd: Path, scenes: str, tmp_path: Path,
@@ -222,7 +228,7 @@ def test_out_of_memory_names_the_flags_that_help(sd: Path, scenes: str, tmp_path
 
     monkeypatch.setattr("rsdistill.generator.finetune.Trainer.micro_losses", exhausted)
     with pytest.raises(RSDistillError, match=r"--gradient_checkpointing.*--mixed_precision bf16.*--use_lora"):
-        finetune(settings(sd, tmp_path / "out", scenes))
+        finetune(*settings(sd, tmp_path / "out", scenes))
 
 
 def test_generator_classifier_command(scenes: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,8 +61,8 @@ def test_base_stage_identity_follows_the_preset_defaults(monkeypatch) -> None:
     from rsdistill.generator import scratch
     from rsdistill.pipeline import base_settings
 
-    before = base_settings(GeneratorConfig())
+    before = base_settings(GeneratorConfig(), 64)
     monkeypatch.setitem(scratch.PRESETS, "scratch-cpu", replace(scratch.PRESETS["scratch-cpu"], vae_steps=7))
-    assert base_settings(GeneratorConfig()) != before
+    assert base_settings(GeneratorConfig(), 64) != before
     pretrained = GeneratorConfig(pretrained_model_name_or_path="some/folder")
-    assert "preset_settings" not in base_settings(pretrained)
+    assert "preset_settings" not in base_settings(pretrained, 64)

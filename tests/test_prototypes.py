@@ -14,6 +14,7 @@ import pytest
 from rsdistill.cli.main import main
 from rsdistill.core.config import PrototypeConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import default_cache_root
 from rsdistill.data.sources import load_dataset
 from rsdistill.prototypes import Features, build_prototypes, cluster, load_prototypes, run_prototypes
@@ -139,7 +140,7 @@ def test_stage_writes_train_prototypes_and_is_byte_identical(
     root = make_imagefolder({"forest": 7, "lake": 6, "town": 6}, test_per_class=2)
     dataset = load_dataset(f"imagefolder:{root}")
     config = PrototypeConfig(encoder="pixels", ipc=2)
-    first = run_prototypes(dataset, config, tmp_path / "run1", seed=3, resolution=16)
+    first = run_prototypes(RunContext.of(dataset, seed=3, resolution=16), config, tmp_path / "run1" / "prototypes")
     assert first == tmp_path / "run1" / "prototypes"
     manifest = json.loads((first / "manifest.json").read_text())
     assert manifest["stage"] == "prototypes" and manifest["prototypes"] == 6
@@ -151,9 +152,9 @@ def test_stage_writes_train_prototypes_and_is_byte_identical(
     assert sum(p.cluster_size for p in loaded.prototypes) == len(dataset.train)
 
     shutil.rmtree(default_cache_root() / "features")  # the second run encodes again
-    second = run_prototypes(dataset, config, tmp_path / "run2", seed=3, resolution=16)
+    second = run_prototypes(RunContext.of(dataset, seed=3, resolution=16), config, tmp_path / "run2" / "prototypes")
     assert sha256s(first) == sha256s(second)
-    other_seed = run_prototypes(dataset, config, tmp_path / "run3", seed=4, resolution=16)
+    other_seed = run_prototypes(RunContext.of(dataset, seed=4, resolution=16), config, tmp_path / "run3" / "prototypes")
     assert json.loads((other_seed / "prototypes.json").read_text())["seed"] == 4
 
 
@@ -162,15 +163,15 @@ def test_stage_is_skipped_when_done_and_refuses_other_settings(
 ) -> None:
     dataset = load_dataset(f"imagefolder:{make_imagefolder(test_per_class=2)}")
     config = PrototypeConfig(encoder="pixels", ipc=2)
-    folder = run_prototypes(dataset, config, tmp_path, resolution=16)
+    folder = run_prototypes(RunContext.of(dataset, resolution=16), config, tmp_path / "prototypes")
     stamp = (folder / "manifest.json").stat().st_mtime_ns
-    run_prototypes(dataset, config, tmp_path, resolution=16)
+    run_prototypes(RunContext.of(dataset, resolution=16), config, tmp_path / "prototypes")
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp
     with pytest.raises(RSDistillError, match="--overwrite"):
-        run_prototypes(
-            dataset, PrototypeConfig(encoder="pixels", ipc=3), tmp_path, resolution=16, overwrite=False
-        )
-    run_prototypes(dataset, PrototypeConfig(encoder="pixels", ipc=3), tmp_path, resolution=16)
+        run_prototypes(RunContext.of(dataset, resolution=16, overwrite=False), PrototypeConfig(encoder="pixels", ipc=3),
+                       tmp_path / "prototypes")
+    run_prototypes(RunContext.of(dataset, resolution=16), PrototypeConfig(encoder="pixels", ipc=3),
+                   tmp_path / "prototypes")
     assert load_prototypes(folder).ipc == 3
 
 

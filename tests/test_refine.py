@@ -16,6 +16,7 @@ from rsdistill.cli.main import main
 from rsdistill.core.artifacts import read_manifest
 from rsdistill.core.config import RefineConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import ImageArray
 from rsdistill.data.imageset import read_image_set, write_image_set
 from rsdistill.data.sources import load_dataset
@@ -133,7 +134,7 @@ def test_stage_writes_a_set_with_its_records_and_is_kept_when_done(
     records = [{"method": "synthesized", "text": f"prompt {i}"} for i in range(len(labels))]
     source = write_image_set(tmp_path / "synthesis" / "set", images, labels, dataset.classes, records,
                              [f"{dataset.classes[label]}_{i:05d}" for i, label in enumerate(labels)])
-    out = refine_set(source, dataset, TINY, tmp_path / "refine", resolution=16)
+    out = refine_set(RunContext.of(dataset, resolution=16), TINY, tmp_path / "refine", source)
     refined = read_image_set(out, dataset.classes)
     assert np.array_equal(refined.labels, labels) and not np.array_equal(refined.images, images)
     assert [r["text"] for r in refined.records] == [r["text"] for r in records]
@@ -144,7 +145,7 @@ def test_stage_writes_a_set_with_its_records_and_is_kept_when_done(
     assert all(r["nearest_real_distance"] > manifest["near_copy_threshold"] for r in refined.records)
     assert (tmp_path / "refine" / "sample_grid.png").is_file()
     assert not (tmp_path / "refine" / "refine_state.pt").exists()
-    assert refine_set(source, dataset, TINY, tmp_path / "refine", resolution=16) == out
+    assert refine_set(RunContext.of(dataset, resolution=16), TINY, tmp_path / "refine", source) == out
     assert read_manifest(tmp_path / "refine")["finished_at"] == manifest["finished_at"]
 
     argv = ["refine", str(source), "--out", str(tmp_path / "cli"), "--dataset", f"imagefolder:{root}",
@@ -163,8 +164,8 @@ def test_stage_flags_refined_images_that_still_copy_a_train_image(
     picks = np.array([0, 8, 16])  # one train image of each class, copied into the set
     source = write_image_set(tmp_path / "set", train.images[picks], train.labels[picks], dataset.classes,
                              [{"method": "copied"} for _ in picks], [f"copy_{i}" for i in range(len(picks))])
-    out = refine_set(source, dataset, replace(TINY, iterations=2, learning_rate=0.1), tmp_path / "refine",
-                     resolution=16)
+    out = refine_set(RunContext.of(dataset, resolution=16), replace(TINY, iterations=2, learning_rate=0.1),
+                     tmp_path / "refine", source)
     assert read_manifest(tmp_path / "refine")["near_copies"] == 3
     assert [r["nearest_real"] for r in read_image_set(out, dataset.classes).records] == \
         [train.keys[i] for i in picks]
@@ -176,7 +177,7 @@ def test_bad_settings_are_named(
     images, labels = grey_set()
     dataset = load_dataset(f"imagefolder:{make_imagefolder(size=16)}")
     with pytest.raises(RSDistillError, match=r"refine\.iterations"):
-        refine_set(tmp_path, dataset, replace(TINY, iterations=0), tmp_path / "x")
+        refine_set(RunContext.of(dataset), replace(TINY, iterations=0), tmp_path / "x", tmp_path)
     missing = ImageArray(real.images[:16], real.labels[:16], real.keys[:16])  # class 2 has no real image
     with pytest.raises(RSDistillError, match="class 2 has none"):
         refine_images(images, labels, missing, 3, TINY, progress=False)
@@ -208,4 +209,4 @@ def test_teacher_settings_are_checked(
 ) -> None:
     dataset = load_dataset(f"imagefolder:{make_imagefolder(size=16)}")
     with pytest.raises(RSDistillError, match=r"refine\.teacher_steps"):
-        refine_set(tmp_path, dataset, replace(TINY, teacher_steps=-1), tmp_path / "x")
+        refine_set(RunContext.of(dataset), replace(TINY, teacher_steps=-1), tmp_path / "x", tmp_path)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from rsdistill.cli.main import main
-from rsdistill.core.artifacts import Stage, overwrite_stages, read_manifest
+from rsdistill.core.artifacts import Stage, read_manifest
 from rsdistill.core.atomic import safe_name
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.imageset import check_set_destination, read_image_set, write_image_set
@@ -75,22 +75,20 @@ def test_stage_keeps_a_stage_folder_the_user_added_files_to(tmp_path: Path) -> N
 
 
 def test_other_settings_replace_a_stage_of_ours_only_when_allowed(tmp_path: Path) -> None:
-    def build(ipc: int) -> Stage:
-        stage = Stage(tmp_path, "synthesis", config={"ipc": ipc}, inputs={})
+    def build(ipc: int, overwrite: bool = True) -> Stage:
+        stage = Stage(tmp_path, "synthesis", config={"ipc": ipc}, inputs={}, overwrite=overwrite)
         with stage.build() as work:
             (work / "image.png").write_text(str(ipc))
         return stage
 
     build(1)
-    with overwrite_stages(False), pytest.raises(RSDistillError, match="--overwrite") as error:
-        build(2)
+    with pytest.raises(RSDistillError, match="--overwrite") as error:
+        build(2, overwrite=False)
     assert str(tmp_path / "synthesis") in str(error.value)
     assert (tmp_path / "synthesis" / "image.png").read_text() == "1"
-    with overwrite_stages(False):
-        build(1)  # the same settings: rebuilt in place, nothing of anyone else's at stake
-    with overwrite_stages(True):
-        assert build(2).done
-    assert build(3).done  # outside any block (the pipeline): replaced as it always was
+    build(1, overwrite=False)  # the same settings: rebuilt in place, nothing of anyone else's at stake
+    assert build(2, overwrite=True).done
+    assert build(3).done  # the default (the pipeline): replaced as it always was
     assert (tmp_path / "synthesis" / "image.png").read_text() == "3"
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from rsdistill.core.config import SynthesisConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.generator.bundle import DiffusionBundle, load_bundle
 from rsdistill.generator.sampling import SamplerSettings, sample_latents
 from rsdistill.generator.tiny import tiny_sd_folder
 
 LATENT = 8
+DEFAULTS = SamplerSettings.from_config(SynthesisConfig())
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def run(
     embeds, _ = bundle.encode_prompt(["a satellite image of forest"] * len(seeds))
     negative, _ = bundle.encode_prompt([""])
     settings = {"num_inference_steps": 4, **settings}
-    return sample_latents(bundle, embeds, negative, seeds, SamplerSettings(**settings), prototype)
+    return sample_latents(bundle, embeds, negative, seeds, replace(DEFAULTS, **settings), prototype)
 
 
 def prototypes(count: int) -> torch.Tensor:
@@ -106,4 +109,4 @@ def test_v_prediction_and_class_labels(tmp_path: Path) -> None:
 )
 def test_settings_are_checked(settings: dict, message: str) -> None:
     with pytest.raises(RSDistillError, match=message):
-        SamplerSettings(**settings)
+        replace(DEFAULTS, **settings)

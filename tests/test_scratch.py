@@ -12,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from rsdistill.cli.main import main
+from rsdistill.core.config import GeneratorConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.sources import load_dataset
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
-from rsdistill.generator.finetune import FinetuneConfig, finetune
+from rsdistill.generator.finetune import finetune
 from rsdistill.generator.scratch import get_preset, init_scratch, reconstruction_psnr, train_vae
 from tests.generator_helpers import one_thread
 
@@ -88,8 +90,8 @@ def test_init_scratch_writes_a_bundle_like_stable_diffusion(
                  f"{CLASSIFIER_FOLDER}/model.safetensors"):
         assert (tmp_path / "bundle" / part).read_bytes() == (tmp_path / "again" / part).read_bytes()
 
-    trained = finetune(FinetuneConfig(
-        str(tmp_path / "bundle"), str(tmp_path / "trained"), dataset=f"imagefolder:{scenes}", resolution=16,
+    trained = finetune(RunContext.of(load_dataset(f"imagefolder:{scenes}"), resolution=16), GeneratorConfig(
+        pretrained_model_name_or_path=str(tmp_path / "bundle"), output_dir=str(tmp_path / "trained"),
         train_batch_size=4, max_train_steps=2, consistency_lambda=0.1, consistency_max_timestep=999,
         caption_dropout=0.0, progress=False,
     ))

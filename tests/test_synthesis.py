@@ -16,6 +16,7 @@ import rsdistill.synthesis.synthesize as synthesis
 from rsdistill.cli.main import main
 from rsdistill.core.config import SynthesisConfig
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset
 from rsdistill.data.sources import load_dataset
 from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
@@ -95,7 +96,7 @@ def prototypes_dir(tmp_path_factory: pytest.TempPathFactory, dataset: SceneDatas
 def reference(tmp_path_factory: pytest.TempPathFactory, dataset, bundle_dir, prototypes_dir) -> Path:
     """An uninterrupted run with seed 3."""
     out = tmp_path_factory.mktemp("reference") / "synthesis"
-    synthesize(bundle_dir, prototypes_dir, None, dataset, CONFIG, out, seed=3, ipc=2)
+    synthesize(RunContext.of(dataset, seed=3), CONFIG, out, bundle_dir, prototypes_dir, None, ipc=2)
     return out
 
 
@@ -139,7 +140,7 @@ def test_generates_the_set_grid_and_manifest(reference: Path, dataset) -> None:
 def test_same_seed_is_byte_identical(
     tmp_path: Path, reference: Path, dataset, bundle_dir, prototypes_dir
 ) -> None:
-    synthesize(bundle_dir, prototypes_dir, None, dataset, CONFIG, tmp_path / "again", seed=3, ipc=2)
+    synthesize(RunContext.of(dataset, seed=3), CONFIG, tmp_path / "again", bundle_dir, prototypes_dir, None, ipc=2)
     assert files_of(tmp_path / "again") == files_of(reference)
     assert len(files_of(reference)) == 6 + 2  # images, metadata.jsonl, sample_grid.png
 
@@ -158,10 +159,11 @@ def test_interrupted_run_resumes_to_identical_files(
 
     monkeypatch.setattr(synthesis, "save_progress", interrupt_after_three)
     with pytest.raises(KeyboardInterrupt):
-        synthesize(bundle_dir, prototypes_dir, None, dataset, CONFIG, tmp_path / "resumed", seed=3, ipc=2)
+        synthesize(RunContext.of(dataset, seed=3), CONFIG, tmp_path / "resumed", bundle_dir, prototypes_dir, None,
+                   ipc=2)
     assert len(list((tmp_path / ".resumed.partial" / "progress").glob("*.png"))) == 3
     monkeypatch.setattr(synthesis, "save_progress", original)
-    synthesize(bundle_dir, prototypes_dir, None, dataset, CONFIG, tmp_path / "resumed", seed=3, ipc=2)
+    synthesize(RunContext.of(dataset, seed=3), CONFIG, tmp_path / "resumed", bundle_dir, prototypes_dir, None, ipc=2)
     assert files_of(tmp_path / "resumed") == files_of(reference)
     manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
     assert manifest["kept_from_earlier_run"] == 3 and manifest["generated_now"] == 3
@@ -171,10 +173,10 @@ def test_prototypes_of_another_dataset_or_ipc_are_refused(
     tmp_path: Path, dataset, bundle_dir, prototypes_dir
 ) -> None:
     with pytest.raises(RSDistillError, match=r"2 prototypes per class, but IPC 5"):
-        synthesize(bundle_dir, prototypes_dir, None, dataset, CONFIG, tmp_path / "x", ipc=5)
+        synthesize(RunContext.of(dataset), CONFIG, tmp_path / "x", bundle_dir, prototypes_dir, None, ipc=5)
     other = write_prototypes(tmp_path / "other", dataset, name="eurosat")
     with pytest.raises(RSDistillError, match=r"'eurosat'.*'imagefolder:"):
-        synthesize(bundle_dir, other, None, dataset, CONFIG, tmp_path / "y", ipc=2)
+        synthesize(RunContext.of(dataset), CONFIG, tmp_path / "y", bundle_dir, other, None, ipc=2)
 
 
 def test_prompts_file_and_truncation_count(tmp_path: Path, dataset, bundle_dir, prototypes_dir) -> None:
@@ -192,7 +194,7 @@ def test_prompts_file_and_truncation_count(tmp_path: Path, dataset, bundle_dir, 
         )
     )
     config = replace(CONFIG, candidates=1)
-    set_dir = synthesize(bundle_dir, prototypes_dir, folder, dataset, config, tmp_path / "s", ipc=2)
+    set_dir = synthesize(RunContext.of(dataset), config, tmp_path / "s", bundle_dir, prototypes_dir, folder, ipc=2)
     texts = [json.loads(line)["text"] for line in (set_dir / "metadata.jsonl").read_text().splitlines()]
     assert texts == [p["prompt"] for p in prompts]
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["prompts_truncated"] == 1
@@ -203,16 +205,15 @@ def test_img2img_from_cluster_centroids_and_prompt_only(
 ) -> None:
     config = replace(CONFIG, guidance="img2img", prototype_target="centroid", scheduler="dpm", candidates=1)
     records = (
-        synthesize(bundle_dir, prototypes_dir, None, dataset, config, tmp_path / "i", ipc=2)
+        synthesize(RunContext.of(dataset), config, tmp_path / "i", bundle_dir, prototypes_dir, None, ipc=2)
         / "metadata.jsonl"
     ).read_text()
     assert '"img2img_strength": 0.7' in records and '"prototype_target": "centroid"' in records
-    plain = synthesize(
-        bundle_dir, None, None, dataset, replace(CONFIG, guidance="none"), tmp_path / "n", ipc=1
-    )
+    plain = synthesize(RunContext.of(dataset), replace(CONFIG, guidance="none"), tmp_path / "n", bundle_dir, None,
+                       None, ipc=1)
     assert sorted(p.parent.name for p in plain.rglob("*.png")) == CLASSES
     with pytest.raises(RSDistillError, match="needs --prototypes"):
-        synthesize(bundle_dir, None, None, dataset, CONFIG, tmp_path / "p", ipc=1)
+        synthesize(RunContext.of(dataset), CONFIG, tmp_path / "p", bundle_dir, None, None, ipc=1)
 
 
 def test_rejecting_near_copies_draws_new_candidates_and_counts_the_rest(
@@ -220,7 +221,7 @@ def test_rejecting_near_copies_draws_new_candidates_and_counts_the_rest(
 ) -> None:
     # Every image is within distance 2.1 of every other: all candidates are near copies, none is kept clean.
     config = replace(CONFIG, guidance="none", candidates=1, near_copy_threshold=2.1, reject_near_copies=True)
-    synthesize(bundle_dir, None, None, dataset, config, tmp_path / "r", ipc=1)
+    synthesize(RunContext.of(dataset), config, tmp_path / "r", bundle_dir, None, None, ipc=1)
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["candidates_drawn"] == 3 * synthesis.MAX_ROUNDS
     assert manifest["near_copies"] == manifest["near_copy_unresolved"] == 3
@@ -324,7 +325,8 @@ def test_processes_take_disjoint_shares_and_the_main_one_merges(
     def rank(value: int) -> None:
         TwoProcesses.rank.value = value
         try:
-            synthesize(bundle_dir, prototypes_dir, None, dataset, CONFIG, tmp_path / "multi", seed=3, ipc=2)
+            synthesize(RunContext.of(dataset, seed=3), CONFIG, tmp_path / "multi", bundle_dir, prototypes_dir, None,
+                       ipc=2)
         except BaseException as error:  # surfaced below; a thread would swallow it
             errors.append(error)
             TwoProcesses.barrier.abort()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import NamedTuple
 
-from rsdistill.data.dataset import SceneDataset
-from rsdistill.data.sources import load_dataset
+from rsdistill.core.config import SECTIONS, RunConfig, apply_override, field_help, load_config, section_class
+from rsdistill.data.context import RunContext
 
 
 class Command(NamedTuple):
@@ -34,46 +36,80 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, dataset_required: bool = True) -> None:
-    """Flags every data-reading command shares."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", required=dataset_required, help="eurosat, ucmerced, resisc45, aid, "
-                       "imagefolder:<path>, hf:<id or folder>, xbd:<path>")
-    group.add_argument("--data-root", "--data_root", dest="data_root", help="folder holding the named datasets "
-                       "(default: $RSDISTILL_DATA, then ~/.cache/rsdistill/datasets)")
-    group.add_argument("--resolution", type=int, default=64, help="square image size (default 64)")
-    group.add_argument("--cache-dir", "--cache_dir", dest="cache_dir", help="decoded-image cache folder")
-    group.add_argument("--on-bad-image", "--on_bad_image", dest="on_bad_image", choices=("stop", "skip"),
-                       default="stop", help="what to do with an unreadable image (default: stop and name it)")
-    group.add_argument("--split-seed", "--split_seed", dest="split_seed", type=int, default=0)
-    group.add_argument("--split-file", "--split_file", dest="split_file",
-                       help="where a generated split is read or written (roots without test.txt)")
+OVERRIDE = re.compile(r"^[a-z_]+(\.[a-z_]+)+=")
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"run_dir": ("--out",)}
 
 
-def add_config_arguments(
-    group: argparse._ArgumentGroup,
-    config_class: type,
-    help: dict[str, str],
-    choices: dict[str, Sequence[str]] | None = None,
-) -> None:
-    """One flag per field of the dataclass `config_class` (``--name`` and ``--name-with-dashes``), with its
-    defaults; a bool field gets ``--name`` / ``--no-name``."""
-    defaults = config_class()
-    for field in dataclasses.fields(config_class):
-        flags = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
-        default = getattr(defaults, field.name)
-        if isinstance(default, bool):
-            group.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
-                               help=help[field.name])
-            continue
-        group.add_argument(*flags, dest=field.name, type=type(default), default=default,
-                           choices=(choices or {}).get(field.name), help=f"{help[field.name]} (default {default})")
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates ``section.key=value`` overrides (anywhere on the line) from the rest of `argv`."""
+    overrides = [word for word in argv if OVERRIDE.match(word)]
+    return [word for word in argv if not OVERRIDE.match(word)], overrides
 
 
-def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
-    """The dataclass `config_class` built from the flags `add_config_arguments` added."""
-    return config_class(**{field.name: getattr(args, field.name) for field in dataclasses.fields(config_class)})
+def add_config_flags(parser: argparse.ArgumentParser, *bindings: str) -> None:
+    """Binds flags to `RunConfig` fields, the one way every command takes its settings.
+
+    Each binding is a section (``data``: one flag per field of `DataConfig`), a dotted field
+    (``generator.class_labels_value``) or a top-level field (``seed``). A flag is named after its field
+    (``--max_train_steps`` and ``--max-train-steps``); where two bound sections share a field name, the first
+    binding owns the flag and the other is set as ``section.key=value``. The command also takes ``--config
+    YAML`` and ``section.key=value`` overrides. A flag that is not given leaves the YAML (or the default)
+    alone; :func:`config_from_args` applies them in the order defaults, YAML, overrides, flags.
+    """
+    parser.add_argument("--config", help="YAML run config (see scripts/configs/); flags and section.key=value "
+                        "overrides apply on top of it")
+    bound: list[str] = []
+    taken: set[str] = set()
+    for binding in bindings:
+        if binding in SECTIONS:
+            section, names = binding, None
+        else:
+            section, _, name = binding.rpartition(".")
+            names = {name}
+        cls = section_class(section)
+        group = parser.add_argument_group(section) if section else parser
+        help = field_help(cls)
+        defaults = cls()
+        for field in dataclasses.fields(cls):
+            nested = dataclasses.is_dataclass(getattr(defaults, field.name))
+            if (names is not None and field.name not in names) or field.name in taken or nested:
+                continue
+            taken.add(field.name)
+            dest = f"{section}.{field.name}" if section else field.name
+            dashed = field.name.replace("_", "-")
+            flags = [f"--{field.name}", *([f"--{dashed}"] if dashed != field.name else [])]
+            flags += FLAG_ALIASES.get(field.name, ())
+            default = getattr(defaults, field.name)
+            text = f"{help.get(field.name, dest)} ({dest}, default {default})"
+            if isinstance(default, bool):
+                group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=text)
+            else:
+                group.add_argument(*flags, dest=dest, default=argparse.SUPPRESS, metavar=field.name.upper(),
+                                   help=text)
+            bound.append(dest)
+    parser.set_defaults(config_flags=tuple(bound), overrides=[])
 
 
-def dataset_from_args(args: argparse.Namespace) -> SceneDataset:
-    return load_dataset(args.dataset, root=args.data_root, split_file=args.split_file, split_seed=args.split_seed)
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` of a command line: defaults, then ``--config``, then overrides, then the flags given."""
+    config = load_config(args.config, args.overrides)
+    given = vars(args)
+    for dest in args.config_flags:
+        if dest in given:
+            apply_override(config, dest, given[dest])
+    return config
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser, what: str = "a stage made with other settings") -> None:
+    """``--overwrite``: let the command replace `what` at its output (never a folder rsdistill did not write)."""
+    parser.add_argument("--overwrite", action="store_true", help=f"replace --out if it holds {what} (a folder "
+                        "holding files rsdistill did not write is never deleted)")
+
+
+def context_from_args(args: argparse.Namespace) -> tuple[RunConfig, RunContext]:
+    """The command line's config and the run context it describes (the dataset loaded); a command with
+    ``--overwrite`` replaces its own finished stages only when it is given."""
+    config = config_from_args(args)
+    context = RunContext.load(config, split_file=config.data.split_file)
+    return config, replace(context, overwrite=vars(args).get("overwrite", True))

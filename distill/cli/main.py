@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Collection, Sequence
 
-from rsdistill.cli.common import COMMANDS
+from rsdistill.cli.common import COMMANDS, split_overrides
 from rsdistill.core.config import dump_config, load_config
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import NAMED_DATASETS, cache_state, image_sizes, resolve_data_root
@@ -83,8 +83,7 @@ def build_parser(only: Collection[str] | None = None) -> argparse.ArgumentParser
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser("show", help="print the config after the YAML file and overrides")
     show.add_argument("--config", help="YAML run config")
-    show.add_argument("overrides", nargs="*", metavar="section.key=value")
-    show.set_defaults(func=cmd_config_show)
+    show.set_defaults(func=cmd_config_show, overrides=[])
 
     modules = {spec.module for name, spec in COMMANDS.items() if only is None or name in only}
     registered: set[str] = set()
@@ -99,15 +98,14 @@ def build_parser(only: Collection[str] | None = None) -> argparse.ArgumentParser
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    argv, overrides = split_overrides(argv)
     command = requested_command(argv)
     parser = build_parser([command] if command else [])
-    args, unknown = parser.parse_known_args(argv)
-    # `section.key=value` overrides may stand anywhere among a command's flags.
-    overrides = [text for text in unknown if "=" in text and not text.startswith("-")]
-    if len(overrides) < len(unknown) or (overrides and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     if overrides:
-        args.overrides = [*(args.overrides or []), *overrides]
+        if not hasattr(args, "overrides"):
+            parser.error(f"`{args.command}` takes no section.key=value settings: {' '.join(overrides)}")
+        args.overrides = overrides
     try:
         args.func(args)
     except RSDistillError as error:

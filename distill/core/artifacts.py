@@ -10,9 +10,9 @@ wrote, and a folder is replaced only when it holds a manifest of ours and no fil
 nothing at all). Anything else at that path -- a folder of the user's, a stage folder the user put files
 into, a stage written before manifests listed their files -- is never deleted, whatever the settings or
 ``--overwrite`` say: the stage refuses with a message naming the folder. A finished stage folder of ours made
-with other settings is replaced as the pipeline (``rsdistill run``) always did; the single-stage commands
-(``refine``, ``generate``, ``caption``) run under ``overwrite_stages(args.overwrite)`` and replace it only
-with ``--overwrite``.
+with other settings is replaced when the stage's `overwrite` says so: ``rsdistill run`` replaces its own
+stages; the single-stage commands (``prototypes``, ``caption``, ``generate``, ``refine``) only with
+``--overwrite`` (``RunContext.overwrite``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -41,23 +40,6 @@ MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("rsdistill", "torch", "diffusers", "transformers", "accelerate", "faiss-cpu", "numpy")
 FILES_KEY = "files"
 SHOWN = 5
-
-# Whether a Stage whose own `overwrite` is None may replace a finished stage folder of ours made with other
-# settings. True keeps the pipeline's behaviour; the single-stage commands set it from --overwrite.
-_OVERWRITE: ContextVar[bool] = ContextVar("rsdistill_overwrite_stages", default=True)
-
-
-@contextmanager
-def overwrite_stages(allowed: bool) -> Iterator[None]:
-    """Within the block, a stage replaces a finished folder of its own made with other settings only if
-    `allowed` (the ``--overwrite`` flag of a single-stage command). Folders that are not ours are never
-    replaced, whatever `allowed` says."""
-    token = _OVERWRITE.set(allowed)
-    try:
-        yield
-    finally:
-        _OVERWRITE.reset(token)
-
 
 def files_under(folder: Path) -> list[str]:
     """Every file (and link) under `folder`, as sorted POSIX paths relative to it; links are not followed."""
@@ -157,9 +139,8 @@ class PeakMemory:
 class Stage:
     """One stage's folder in a run directory.
 
-    `overwrite`: whether a finished folder of this stage made with other settings is replaced (None: as the
-    enclosing `overwrite_stages` block says, True outside any). A folder that is not ours is never replaced;
-    see `check_destination`.
+    `overwrite`: whether a finished folder of this stage made with other settings is replaced. A folder that is
+    not ours is never replaced; see `check_destination`.
 
     Usage::
 
@@ -174,7 +155,7 @@ class Stage:
     name: str
     config: Any
     inputs: dict[str, str]
-    overwrite: bool | None = None
+    overwrite: bool = True
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -229,7 +210,7 @@ class Stage:
         manifest = self.manifest
         if manifest is None or manifest.get("fingerprint") == self.fingerprint:
             return
-        allowed = self.overwrite if self.overwrite is not None else _OVERWRITE.get()
+        allowed = self.overwrite
         if not allowed:
             raise RSDistillError(
                 f"The output folder {path} holds a finished {manifest.get('stage')!r} stage made with other "

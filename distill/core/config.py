@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -16,14 +17,27 @@ from rsdistill.core.errors import RSDistillError
 
 @dataclass
 class DataConfig:
-    """Which dataset, where it lives, and how images are prepared."""
+    """Which dataset, where it lives, and how images are prepared.
+
+    Attributes:
+        dataset: eurosat, ucmerced, resisc45, aid, imagefolder:<path>, hf:<id or folder>, xbd:<path>
+        data_root: folder holding the named datasets (None: $RSDISTILL_DATA, then ~/.cache/rsdistill/datasets)
+        resolution: square image side every stage works at (decoding, generator, synthesis, evaluation)
+        cache_dir: decoded-image cache folder (None: $RSDISTILL_CACHE, default ~/.cache/rsdistill)
+        on_bad_image: stop (and name the file) or skip an unreadable image
+        split_seed: seed of a generated stratified train/test split
+        split_file: where a generated split is read or written (roots without test.txt)
+        test_fraction: test share of a generated split
+        val_fraction: share of the train split held out for validation where a stage needs one
+    """
 
     dataset: str = "eurosat"
-    root: str | None = None
+    data_root: str | None = None
     resolution: int = 64
     cache_dir: str | None = None
     on_bad_image: str = "stop"
     split_seed: int = 0
+    split_file: str | None = None
     test_fraction: float = 0.2
     val_fraction: float = 0.1
 
@@ -37,6 +51,18 @@ class PrototypeConfig:
     the run's generator VAE. `pool` is the latent grid of the ``vae`` encoder; `encoder_size`, when set,
     resizes images to that side before an image network (None: the stage resolution, or the network's
     fixed input size).
+
+    Attributes:
+        encoder: latent space: vae (the run's generator VAE), vae:<folder>, efficientnet-lite0, open_clip:<model>[:<tag
+            or checkpoint>], pixels[:side], torchscript:<folder>
+        ipc: prototypes (clusters) per class: the distilled set's images per class
+        niter: k-means iterations
+        nredo: k-means restarts (the best is kept)
+        rule: how a cluster's representative is chosen (dpd-margin, medoid, ...)
+        alpha: weight of the own-centroid distance in dpd-margin
+        pool: latent grid of the vae encoder
+        batch_size: images per encoder batch
+        encoder_size: resize images to this side before an image network (None: the resolution, or its fixed size)
     """
 
     encoder: str = "vae"
@@ -59,6 +85,22 @@ class CaptionConfig:
     (default: data.resolution). Prompts are aggregated by `aggregation` (`nearest-mean` or
     `frequent-phrases`) in the space of `text_embedder` and fitted to `max_prompt_tokens` of `tokenizer`
     (default: the text embedder's tokenizer).
+
+    Attributes:
+        captioner: attributes (offline, measured) or hf (a transformers vision-language model)
+        model: hub id or folder of the hf captioner
+        prompt: instruction given to the hf captioner
+        dtype: hf model dtype (auto, float32, bfloat16, float16)
+        image_resolution: side of the images shown to an hf model (None: data.resolution)
+        batch_size: images per captioning batch
+        max_new_tokens: tokens an hf captioner may write
+        mention_class: name the class in every caption
+        prefix: start of every prompt
+        text_embedder: sentence embedder of the aggregation
+        aggregation: nearest-mean or frequent-phrases
+        min_phrase_share: share of a cluster's captions a phrase needs (frequent-phrases)
+        tokenizer: tokenizer the prompts are fitted to (None: the text embedder's)
+        max_prompt_tokens: token budget of a prompt
     """
 
     captioner: str = "attributes"
@@ -79,37 +121,102 @@ class CaptionConfig:
 
 @dataclass
 class GeneratorConfig:
-    """Stage 4: the text-to-image bundle, its latent classifier and fine-tuning."""
+    """Stage 4: the text-to-image bundle, its latent classifier and its fine-tuning (flag names as in diffusers'
+    train_text_to_image.py). `rsdistill run` and `rsdistill finetune` read the same fields with the same defaults.
 
-    preset: str = "scratch-cpu"
+    Attributes:
+        pretrained_model_name_or_path: diffusers folder or hub id (SD 1.x/2.x, Text2Earth, a scratch bundle);
+            None: a from-scratch bundle built by `preset`
+        preset: from-scratch generator preset (scratch-cpu, scratch-gpu)
+        vae_steps: from-scratch VAE optimiser steps (None: the preset's)
+        classifier_steps: latent classifier steps (None: the preset's)
+        class_labels_value: class_labels value for a UNet that requires them (Text2Earth-style)
+        output_dir: where fine-tuning writes checkpoints, logs, validation grids and the final bundle (`rsdistill
+            run`: its generator stage folder)
+        prompts: what the UNet is fine-tuned on: captions (one per train image, DPD) or class-names
+        captions: a captions stage folder to fine-tune on (`rsdistill run`: its own captions stage); None:
+            'a satellite image of <class>' prompts
+        latent_classifier: latent classifier folder (None: the bundle's latent_classifier/)
+        train_batch_size: images per micro-batch (per device)
+        max_train_steps: optimiser steps in total (a resumed run counts from its checkpoint)
+        learning_rate: peak learning rate (AdamW)
+        lr_scheduler: diffusers schedule name: constant, constant_with_warmup, cosine, linear, ...
+        lr_warmup_steps: warm-up steps of the schedule
+        adam_weight_decay: AdamW weight decay
+        max_grad_norm: gradient clipping norm
+        gradient_accumulation_steps: micro-batches per optimiser step
+        gradient_checkpointing: recompute UNet activations in the backward pass (less memory, slower)
+        mixed_precision: no, fp16 or bf16 (autocast; LoRA keeps its weights in fp32; also the scratch VAE's)
+        checkpointing_steps: save a resumable checkpoint every N steps
+        checkpoints_total_limit: keep at most N checkpoints (None: all)
+        resume_from_checkpoint: 'latest', a checkpoint folder, or None to start over; a checkpoint made with
+            other settings is refused
+        snr_gamma: Min-SNR-gamma loss weighting (5.0 is the paper's value); None: plain MSE
+        validation_steps: write a sample grid (one image per class) every N steps (None: never)
+        use_lora: train a LoRA adapter on the attention projections instead of the whole UNet
+        rank: LoRA rank
+        consistency_lambda: weight of the classifier-consistency loss (0: off)
+        consistency_max_timestep: the consistency loss applies to timesteps up to this one
+        caption_dropout: share of prompts replaced by the empty prompt (for classifier-free guidance)
+        augment: random latent flips and quarter turns
+        progress: show progress bars
+    """
+
     pretrained_model_name_or_path: str | None = None
-    class_labels_value: int | None = None
-    resolution: int = 64
+    preset: str = "scratch-cpu"
     vae_steps: int | None = None
     classifier_steps: int | None = None
+    class_labels_value: int | None = None
+    output_dir: str | None = None
+    prompts: str = "captions"
+    captions: str | None = None
+    latent_classifier: str | None = None
+    train_batch_size: int = 32
+    max_train_steps: int = 3000
+    learning_rate: float = 2e-4
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
-    max_train_steps: int = 3000
-    train_batch_size: int = 32
-    learning_rate: float = 2e-4
-    use_lora: bool = False
-    lora_rank: int = 8
-    consistency_lambda: float = 0.1
-    consistency_max_timestep: int = 600
-    snr_gamma: float | None = None
-    caption_dropout: float = 0.1
-    prompts: str = "captions"
-    mixed_precision: str = "no"
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
     checkpointing_steps: int = 500
     checkpoints_total_limit: int | None = 2
-    validation_steps: int = 1000
+    resume_from_checkpoint: str | None = "latest"
+    snr_gamma: float | None = None
+    validation_steps: int | None = 1000
+    use_lora: bool = False
+    rank: int = 8
+    consistency_lambda: float = 0.1
+    consistency_max_timestep: int = 600
+    caption_dropout: float = 0.1
+    augment: bool = True
+    progress: bool = True
 
 
 @dataclass
 class SynthesisConfig:
-    """Stage 5: prototype-guided sampling and candidate selection (see distill/synthesis.py)."""
+    """Stage 5: prototype-guided sampling and candidate selection (rsdistill.synthesis.synthesize); the
+    sampler's settings (rsdistill.generator.sampling.SamplerSettings) are derived from it.
+
+    Attributes:
+        guidance: prototype (DPD: pull the clean-latent estimate toward the prototype early on), img2img (D4M: start
+            from the noised prototype) or none (prompt only)
+        scheduler: sampling scheduler built from the bundle's scheduler config (ddim, dpm)
+        num_inference_steps: denoising steps
+        guidance_scale: classifier-free guidance scale (<= 1: no unconditional pass)
+        prototype_fraction: share of the steps, from the start, with the prototype pull (guidance prototype)
+        prototype_strength: share of the gap from the clean-latent estimate to the prototype closed per step
+        prototype_target: the prototype latent: its representative image's, or the mean of its members'
+        img2img_strength: share of the schedule run from the noised prototype (guidance img2img)
+        candidates: candidates drawn per prototype; the latent classifier keeps the best
+        selection: candidate score: target-logit margin or target probability
+        batch_size: images per sampling batch
+        near_copy_space: feature space of the nearest-real-image search (pixels16 or a prototypes encoder spec)
+        near_copy_threshold: distance (1 - cosine) below which an image is flagged as a near copy
+        reject_near_copies: pass over near-copy candidates (next-best candidate, else new seeds)
+    """
 
     guidance: str = "prototype"
     scheduler: str = "ddim"
@@ -142,6 +249,20 @@ class RefineConfig:
     `learning_rate` is the SGD step for a set of 10 images per class and scales with the images per class: a
     class's mean embedding spreads its gradient over its images, so each image's share shrinks as 1/IPC, and the
     scaled step keeps every image's step the same at any IPC (1 -> 0.1 x, 50 -> 5 x `learning_rate`).
+
+    Attributes:
+        iterations: matching iterations (each with a new random network, real batch and augmentation)
+        width: channels of the random ConvNets
+        depth: blocks of the random ConvNets
+        real_per_class: real train images per class in each iteration
+        learning_rate: SGD step on the normalised pixels at 10 images per class (scaled by IPC / 10)
+        momentum: SGD momentum
+        checkpoint_every: iterations between checkpoints (an interrupted run resumes from the last)
+        compile: run the networks through torch.compile
+        teacher_steps: train a teacher ConvNet on the real images for this many steps first (0: no teacher)
+        teacher_width: channels of the teacher ConvNet
+        teacher_weight: weight of the teacher's cross-entropy on the refined images
+        mixed_precision: no or bf16: autocast for the matching networks (images, steps and loss stay fp32)
     """
 
     iterations: int = 150
@@ -160,15 +281,34 @@ class RefineConfig:
 
 @dataclass
 class EvalConfig:
-    """Stage 6: downstream scoring (BENCHMARK.md by default), baselines and metrics.
+    """Stage 6: downstream scoring (docs/benchmark.md by default), baselines and metrics.
 
     `steps` None means the protocol's own: 500 on a set, the `full` schedule (`full_passes` passes over
-    the train split; BENCHMARK.md: 30, 10 for eurosat) when real data is trained on. `ipc` adds IPCs at
+    the train split; docs/benchmark.md: 30, 10 for eurosat) when real data is trained on. `ipc` adds IPCs at
     which the `random` baseline is scored besides those of the sets given.
+
+    Attributes:
+        model: downstream network (convnet3, ...)
+        steps: training steps (None: 500 on a set, the full schedule on real data)
+        runs: training runs, seeds 0..N-1
+        labels: hard labels, or soft labels from the full-data teacher
+        temperature: soft-label temperature
+        train_on: set (the set alone), real+set, or real (the real train split alone)
+        baselines: comma list of random,full
+        ipc: extra IPCs for the random baseline, e.g. 1,10,50
+        metrics: comma list of fid,kid,prdc,privacy,mia,clip
+        precision: bf16 autocast, fp32, or auto
+        compile: train through torch.compile (off for tiny step counts)
+        full_passes: passes of the full reference (None: 30, eurosat 10)
+        near_copy_ssim: SSIM from which a set image is a near copy
+        mia_samples: train and test images of the membership-inference attack
+        clip_model: open_clip model for the clip metric: a name, hf-hub:ID or local-dir:PATH
+        clip_pretrained: open_clip pretrained tag or checkpoint file (with a name)
+        privacy_verdict: at the end of `rsdistill run`, judge whether the set is fit to share (near copies and
+            membership attack against stated thresholds; report/privacy.json and a section of report.md)
     """
 
     model: str = "convnet3"
-    resolution: int = 64
     steps: int | None = None
     runs: int = 3
     labels: str = "hard"
@@ -184,11 +324,19 @@ class EvalConfig:
     mia_samples: int = 2000
     clip_model: str | None = None
     clip_pretrained: str | None = None
+    privacy_verdict: bool = True
 
 
 @dataclass
 class RunConfig:
-    """Everything one `rsdistill run` needs."""
+    """Everything one `rsdistill run` needs.
+
+    Attributes:
+        run_dir: the run's folder (prototypes, prompts, synthesis, refine, report)
+        shared_dir: folder of the IPC-independent stages (None: <run_dir>/../shared)
+        seed: the run's seed (k-means, training, sampling, evaluation draws)
+        device: auto, cpu, cuda, cuda:N or mps
+    """
 
     run_dir: str = "runs/default"
     shared_dir: str | None = None
@@ -201,6 +349,33 @@ class RunConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS = tuple(name for name, hint in typing.get_type_hints(RunConfig).items() if dataclasses.is_dataclass(hint))
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The one-line help of each field of `cls`, read from the ``Attributes:`` section of its docstring."""
+    lines = (cls.__doc__ or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Attributes:"), len(lines))
+    help: dict[str, str] = {}
+    name = None
+    for line in lines[start + 1 :]:
+        match = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if match:
+            name, help[match.group(1)] = match.group(1), match.group(2).strip()
+        elif name and line.strip():
+            help[name] += " " + line.strip()
+    return help
+
+
+def section_class(section: str) -> type:
+    """The dataclass of a `RunConfig` section (``""``: RunConfig itself)."""
+    if not section:
+        return RunConfig
+    if section not in SECTIONS:
+        raise RSDistillError(f"Unknown config section {section!r}; known: {', '.join(SECTIONS)}.")
+    return _field_types(RunConfig)[section]
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -32,19 +32,19 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.config import GeneratorConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import autocast_dtype
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset
-from rsdistill.data.sources import load_dataset
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, DiffusionBundle, load_bundle, read_settings, save_bundle
 from rsdistill.generator.checkpoints import find_resume_point, save_checkpoint
 from rsdistill.generator.diffusion_math import min_snr_weights, predicted_original, training_target
-from rsdistill.generator.finetune_config import FinetuneConfig, config_from_generator
+from rsdistill.generator.finetune_config import check_finetune, resume_settings
 from rsdistill.generator.finetune_data import (
     PromptEncoder,
     batch_latents,
     cached_latents,
-    class_prompt,
     latents_tag,
     plan_micro_batch,
     train_prompts,
@@ -90,7 +90,7 @@ def diffusion_loss(
     return (per_sample * min_snr_weights(scheduler, timesteps, snr_gamma)).mean()
 
 
-def _accelerator(config: FinetuneConfig) -> Accelerator:
+def _accelerator(config: GeneratorConfig) -> Accelerator:
     # Accelerate keeps one AcceleratorState per process; a second run in the same process (a pipeline, a
     # benchmark) may ask for another precision or accumulation, so the per-run part is cleared (the
     # distributed set-up, PartialState, is kept).
@@ -107,7 +107,8 @@ def _accelerator(config: FinetuneConfig) -> Accelerator:
 class Trainer:
     """The state one optimisation step needs; `step` runs it and returns the logged figures."""
 
-    config: FinetuneConfig
+    config: GeneratorConfig
+    seed: int
     accelerator: Accelerator
     bundle: DiffusionBundle
     unet: Any
@@ -124,7 +125,7 @@ class Trainer:
     def micro_losses(self, micro_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         config, device, scheduler = self.config, self.accelerator.device, self.bundle.scheduler
         plan = plan_micro_batch(
-            config.seed, micro_index, config.train_batch_size, len(self.latents), tuple(self.latents.shape[1:]),
+            self.seed, micro_index, config.train_batch_size, len(self.latents), tuple(self.latents.shape[1:]),
             scheduler.config.num_train_timesteps, config.caption_dropout, config.augment,
         )
         clean = batch_latents(self.latents, plan).to(device)
@@ -167,17 +168,15 @@ class Trainer:
         return {"step": step + 1, **totals, "lr": self.lr_scheduler.get_last_lr()[0]}
 
 
-def finetune(
-    config: FinetuneConfig,
-    dataset: SceneDataset | None = None,
-    bundle: DiffusionBundle | None = None,
-) -> Path:
+def finetune(context: RunContext, config: GeneratorConfig, bundle: DiffusionBundle | None = None) -> Path:
     """Trains the bundle's UNet (LoRA or full) and writes a complete bundle to `config.output_dir`.
 
     Args:
-        config: The run's settings.
-        dataset: The dataset (loaded from `config.dataset` when None).
-        bundle: The starting bundle (loaded from `config.pretrained_model_name_or_path` when None).
+        context: The dataset (its train split at the context's resolution), the image cache and the seed of
+            batches, noise, timesteps, caption dropout and the LoRA initialisation.
+        config: The generator settings (`pretrained_model_name_or_path` is the starting bundle, `output_dir`
+            where the result goes).
+        bundle: The starting bundle, already loaded (None: loaded from `config.pretrained_model_name_or_path`).
 
     Returns:
         The output folder, a diffusers bundle (for LoRA: merged weights, the adapter in ``unet_lora/``).
@@ -185,8 +184,8 @@ def finetune(
     Raises:
         RSDistillError: On bad settings, a checkpoint made with other settings, or running out of GPU memory.
     """
-    config.check()
-    dataset = dataset or load_dataset(config.dataset, root=config.data_root, split_seed=config.split_seed)
+    check_finetune(config)
+    dataset = context.dataset
     bundle = bundle or load_bundle(config.pretrained_model_name_or_path, config.class_labels_value)
     if config.class_labels_value is not None:
         bundle.class_labels_value = config.class_labels_value
@@ -194,10 +193,10 @@ def finetune(
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = _accelerator(config)
-    settings = config.resume_settings(dataset)
+    settings = resume_settings(config, context)
     resume = find_resume_point(output_dir, config.resume_from_checkpoint, settings)
     try:
-        trainer = _build_trainer(config, accelerator, dataset, bundle)
+        trainer = _build_trainer(context, config, accelerator, bundle)
         start = 0
         if resume is not None:
             start, path = resume
@@ -214,19 +213,20 @@ def finetune(
 
 
 def _build_trainer(
-    config: FinetuneConfig, accelerator: Accelerator, dataset: SceneDataset, bundle: DiffusionBundle
+    context: RunContext, config: GeneratorConfig, accelerator: Accelerator, bundle: DiffusionBundle
 ) -> Trainer:
-    images = dataset.images("train", config.resolution, cache_dir=config.cache_dir)
+    dataset, resolution = context.dataset, context.resolution
+    images = context.images("train")
     expected = bundle.latent_size * bundle.vae_scale_factor
-    if config.resolution != expected:
-        print(f"note: {bundle.path}'s UNet was built for {expected}px images; training at {config.resolution}px.")
+    if resolution != expected:
+        print(f"note: {bundle.path}'s UNet was built for {expected}px images; training at {resolution}px.")
     weight_dtype = autocast_dtype(accelerator.mixed_precision) or torch.float32
     bundle.vae.to(accelerator.device)
-    latents = cached_latents(bundle, images, latents_tag(dataset, "train", config.resolution), config.progress)
+    latents = cached_latents(bundle, images, latents_tag(dataset, "train", resolution), config.progress)
     prompts = train_prompts(images.keys, images.labels, dataset.classes, config.captions)
     classifier = load_consistency_classifier(config, bundle, dataset.classes, accelerator.device)
     bundle.text_encoder.to(accelerator.device, dtype=weight_dtype)
-    set_seed(config.seed)  # the LoRA initialisation draws from the global generator
+    set_seed(context.seed)  # the LoRA initialisation draws from the global generator
     unet = prepare_unet(bundle.unet, config, weight_dtype, accelerator.device)
     parameters = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
@@ -240,7 +240,7 @@ def _build_trainer(
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     encoder = PromptEncoder(bundle)
     encoder.preload([*prompts, ""], progress=config.progress)
-    return Trainer(config, accelerator, bundle, unet, optimizer, lr_scheduler, parameters, latents,
+    return Trainer(config, context.seed, accelerator, bundle, unet, optimizer, lr_scheduler, parameters, latents,
                    torch.as_tensor(images.labels), prompts, encoder, classifier, weight_dtype)
 
 
@@ -262,7 +262,7 @@ def _train(trainer: Trainer, dataset: SceneDataset, output_dir: Path, start: int
             save_checkpoint(accelerator, output_dir, done, settings, config.checkpoints_total_limit)
         if config.validation_steps and accelerator.is_main_process and done % config.validation_steps == 0:
             write_validation_grid(trainer.bundle, accelerator.unwrap_model(trainer.unet), dataset.classes,
-                                  trainer.encoder, output_dir / "validation" / f"step-{done:06d}.png", config.seed)
+                                  trainer.encoder, output_dir / "validation" / f"step-{done:06d}.png", trainer.seed)
     seconds = time.perf_counter() - began
     images = (config.max_train_steps - start) * config.train_batch_size * config.gradient_accumulation_steps
     summary = {"steps_run": config.max_train_steps - start, "train_seconds": round(seconds, 2),
@@ -284,7 +284,7 @@ def _trim_log(path: Path, step: int, main: bool) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def export(bundle: DiffusionBundle, unet: Any, config: FinetuneConfig, output_dir: Path, truncated: int) -> None:
+def export(bundle: DiffusionBundle, unet: Any, config: GeneratorConfig, output_dir: Path, truncated: int) -> None:
     """Writes the final bundle (merged LoRA weights for LoRA runs) next to the checkpoints."""
     bundle.unet = export_unet(unet, config, output_dir)
     bundle.to("cpu")
@@ -297,7 +297,3 @@ def export(bundle: DiffusionBundle, unet: Any, config: FinetuneConfig, output_di
     if classifier_source.is_dir() and classifier_source.resolve() != (output_dir / CLASSIFIER_FOLDER).resolve():
         shutil.copytree(classifier_source, output_dir / CLASSIFIER_FOLDER, dirs_exist_ok=True)
 
-
-__all__ = [
-    "FinetuneConfig", "class_prompt", "config_from_generator", "consistency_loss", "diffusion_loss", "finetune",
-]

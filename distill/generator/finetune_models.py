@@ -12,9 +12,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
+from rsdistill.core.config import GeneratorConfig, SynthesisConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, DiffusionBundle
-from rsdistill.generator.finetune_config import FinetuneConfig
 from rsdistill.generator.finetune_data import PromptEncoder, class_prompt, stream_seed
 from rsdistill.generator.latent_classifier import LatentClassifier
 from rsdistill.generator.sampling import SamplerSettings, sample_latents
@@ -23,7 +23,7 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def prepare_unet(
-    unet: UNet2DConditionModel, config: FinetuneConfig, weight_dtype: torch.dtype, device: torch.device
+    unet: UNet2DConditionModel, config: GeneratorConfig, weight_dtype: torch.dtype, device: torch.device
 ) -> UNet2DConditionModel:
     """Freezes the base and adds a LoRA adapter (`use_lora`), or makes the whole UNet trainable."""
     if config.use_lora:
@@ -60,7 +60,7 @@ def keep_only(names: set[str]) -> Callable[[list[Any], list[dict[str, torch.Tens
 
 
 def load_consistency_classifier(
-    config: FinetuneConfig, bundle: DiffusionBundle, classes: list[str], device: torch.device
+    config: GeneratorConfig, bundle: DiffusionBundle, classes: list[str], device: torch.device
 ) -> LatentClassifier | None:
     """The frozen latent classifier for the consistency term (None when lambda is 0)."""
     if config.consistency_lambda <= 0:
@@ -82,7 +82,7 @@ def load_consistency_classifier(
     return classifier.to(device).eval()
 
 
-def export_unet(unet: UNet2DConditionModel, config: FinetuneConfig, output_dir: Path) -> UNet2DConditionModel:
+def export_unet(unet: UNet2DConditionModel, config: GeneratorConfig, output_dir: Path) -> UNet2DConditionModel:
     """A plain UNet to save: for LoRA, the adapter is written to `unet_lora/` and merged into the weights."""
     if unet.dtype != torch.float32:
         unet = unet.to(torch.float32)
@@ -124,7 +124,7 @@ def write_validation_grid(
     try:
         latents = sample_latents(
             bundle, encoder(prompts), encoder([""]), [stream_seed(seed, "validation", i) for i in chosen],
-            SamplerSettings(mode="none", num_inference_steps=20, guidance_scale=3.0),
+            SamplerSettings.from_config(SynthesisConfig(guidance="none", num_inference_steps=20, guidance_scale=3.0)),
         )
         pixels = bundle.decode_latents(latents)
     finally:

@@ -30,6 +30,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
+from rsdistill.core.config import SynthesisConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.generator.bundle import DiffusionBundle
 from rsdistill.generator.diffusion_math import predicted_original
@@ -40,15 +41,28 @@ GUIDANCE_MODES = ("prototype", "img2img", "none")
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How one batch is sampled (a subset of `SynthesisConfig`, checked once)."""
+    """How one batch is sampled: the sampler's part of a `SynthesisConfig` (which holds the defaults), checked
+    once. Build it with :meth:`from_config`."""
 
-    mode: str = "prototype"
-    scheduler: str = "ddim"
-    num_inference_steps: int = 25
-    guidance_scale: float = 3.0
-    prototype_fraction: float = 0.5
-    prototype_strength: float = 0.1
-    img2img_strength: float = 0.7
+    mode: str
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    prototype_fraction: float
+    prototype_strength: float
+    img2img_strength: float
+
+    @classmethod
+    def from_config(cls, config: SynthesisConfig) -> SamplerSettings:
+        return cls(
+            mode=config.guidance,
+            scheduler=config.scheduler,
+            num_inference_steps=config.num_inference_steps,
+            guidance_scale=config.guidance_scale,
+            prototype_fraction=config.prototype_fraction,
+            prototype_strength=config.prototype_strength,
+            img2img_strength=config.img2img_strength,
+        )
 
     def __post_init__(self) -> None:
         if self.mode not in GUIDANCE_MODES:

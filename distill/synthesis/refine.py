@@ -29,7 +29,8 @@ from rsdistill.core.atomic import replace_atomically
 from rsdistill.core.config import RefineConfig, SynthesisConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import autocast_dtype, resolve_device
-from rsdistill.data.dataset import ImageArray, SceneDataset
+from rsdistill.data.context import RunContext
+from rsdistill.data.dataset import ImageArray
 from rsdistill.data.imageset import read_image_set, read_records, sample_grid, write_image_set
 from rsdistill.generator.finetune_data import stream_seed
 from rsdistill.synthesis.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
@@ -229,29 +230,23 @@ def refine_images(
 
 
 def refine_set(
-    set_dir: str | Path,
-    dataset: SceneDataset,
+    context: RunContext,
     config: RefineConfig,
     out: str | Path,
-    seed: int = 0,
-    resolution: int = 64,
-    cache_dir: str | Path | None = None,
-    device: str = "auto",
+    set_dir: str | Path,
     inputs: dict[str, str] | None = None,
 ) -> Path:
     """Refines the set at `set_dir` into the stage folder `out` and returns the refined set (`out/set`).
 
     Args:
-        set_dir: A set in the common format (the synthesis stage's `set/`).
-        dataset: The dataset whose real train images are matched.
+        context: The dataset whose real train images are matched, decoded at the context's resolution (the
+            set's images must have it), the seed of every iteration and the device.
         config: The refinement settings.
         out: The stage folder; a finished one with the same settings and inputs is kept.
-        seed: Seeds every iteration.
-        resolution: Side the real images are decoded at (the set's images must have it).
-        cache_dir: Decoded-image cache folder.
-        device: ``auto``, ``cpu``, ``cuda``...
+        set_dir: A set in the common format (the synthesis stage's `set/`).
         inputs: What identifies the set (e.g. the synthesis stage's fingerprint); default: the folder path.
     """
+    dataset, seed, resolution = context.dataset, context.seed, context.resolution
     if config.iterations < 1:
         raise RSDistillError("refine.iterations must be at least 1 (set it to 0 to leave refinement out).")
     if config.teacher_steps < 0 or config.teacher_weight < 0:
@@ -262,15 +257,15 @@ def refine_set(
     step = step_size(config, [record["label"] for record in read_records(Path(set_dir))])
     stage = Stage(out.parent, out.name, {**asdict(config), "learning_rate": step, "seed": seed,
                                          "resolution": resolution},
-                  {"dataset": dataset.fingerprint, **(inputs or {"set": str(set_dir)})})
+                  {"dataset": dataset.fingerprint, **(inputs or {"set": str(set_dir)})}, overwrite=context.overwrite)
     if stage.done:
         return stage.path / SET_FOLDER
     image_set = read_image_set(set_dir, dataset.classes, resolution=resolution)
-    real = dataset.images("train", resolution, cache_dir=cache_dir)
+    real = context.images("train")
     extra: dict[str, Any] = {}
     with stage.build(extra) as work:
         refined, report = refine_images(image_set.images, image_set.labels, real, len(dataset.classes), config,
-                                        seed=seed, device=device, state_path=work / STATE_FILE)
+                                        seed=seed, device=context.device, state_path=work / STATE_FILE)
         # Refinement moves the images, so how near each now lies to a train image is measured again, in
         # synthesis's default space and threshold.
         nearest = NearestReal.in_pixels16(real)

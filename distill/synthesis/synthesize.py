@@ -43,6 +43,7 @@ from rsdistill.core.atomic import temporary_sibling, write_text_atomic
 from rsdistill.core.config import SynthesisConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import resolve_device
+from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset, to_rgb_resized
 from rsdistill.data.imageset import sample_grid, write_image_set
 from rsdistill.data.names import class_prompt
@@ -356,15 +357,7 @@ def sampler_settings(config: SynthesisConfig) -> SamplerSettings:
         )
     if config.candidates < 1 or config.batch_size < 1:
         raise RSDistillError("synthesis.candidates and synthesis.batch_size must be at least 1.")
-    return SamplerSettings(
-        mode=config.guidance,
-        scheduler=config.scheduler,
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        prototype_fraction=config.prototype_fraction,
-        prototype_strength=config.prototype_strength,
-        img2img_strength=config.img2img_strength,
-    )
+    return SamplerSettings.from_config(config)
 
 
 def guidance_record(config: SynthesisConfig) -> dict[str, Any]:
@@ -469,38 +462,33 @@ def write_outputs(
 
 
 def synthesize(
+    context: RunContext,
+    config: SynthesisConfig,
+    out: str | Path,
     bundle_dir: str | Path,
     prototypes_dir: str | Path | None,
     prompts_dir: str | Path | None,
-    dataset: SceneDataset,
-    config: SynthesisConfig,
-    out: str | Path,
-    seed: int = 0,
     ipc: int | None = None,
-    device: str = "auto",
-    data_resolution: int = 64,
-    cache_dir: str | Path | None = None,
     class_labels_value: int | None = None,
 ) -> Path:
     """Generates the distilled set into the stage folder `out` and returns the set folder (`out/set`).
 
     Args:
+        context: The dataset the prototypes were made from (its train images, decoded at the context's
+            resolution, are the near-copy reference), the seed of every candidate (see `candidate_seed`) and
+            the device (under ``accelerate launch`` each process uses its own).
+        config: The synthesis settings.
+        out: The stage folder; a finished one with the same settings and inputs is kept as it is.
         bundle_dir: The diffusion bundle (with ``latent_classifier/`` for candidate selection).
         prototypes_dir: The prototypes stage folder; None only with guidance ``none`` (then `ipc` per class).
         prompts_dir: The captions stage folder (``prompts.json``); None for ``a satellite image of <class>``.
-        dataset: The dataset the prototypes were made from (its train images are the near-copy reference).
-        config: The synthesis settings.
-        out: The stage folder; a finished one with the same settings and inputs is kept as it is.
-        seed: Seed of every candidate (see `candidate_seed`).
         ipc: Images per class asked for; a prototypes file with another IPC is refused.
-        device: ``auto``, ``cpu``, ``cuda``...; under ``accelerate launch`` each process uses its own device.
-        data_resolution: Resolution the real train images are decoded at for the near-copy search.
-        cache_dir: Decoded-image cache folder.
         class_labels_value: Overrides the bundle's value for a UNet that requires class labels.
 
     Returns:
         The set folder.
     """
+    dataset, seed, data_resolution = context.dataset, context.seed, context.resolution
     sampler_settings(config)
     if config.guidance != "none" and prototypes_dir is None:
         raise RSDistillError(f"Guidance {config.guidance!r} needs --prototypes (or use --guidance none).")
@@ -513,12 +501,12 @@ def synthesize(
         "prompts": folder_fingerprint(prompts_dir),
         "dataset": dataset.fingerprint,
     }
-    stage = Stage(out.parent, out.name, stage_config, inputs)
+    stage = Stage(out.parent, out.name, stage_config, inputs, overwrite=context.overwrite)
     if stage.done:
         print(f"{stage.path} is finished for these settings; kept as it is.")
         return stage.path / SET_FOLDER
     state = PartialState()
-    torch_device = state.device if state.num_processes > 1 else resolve_device(device)
+    torch_device = state.device if state.num_processes > 1 else resolve_device(context.device)
     bundle = load_bundle(str(bundle_dir), class_labels_value).to(torch_device)
     classifier = load_classifier(bundle_dir, dataset.classes, config.candidates)
     if classifier is not None:
@@ -532,7 +520,7 @@ def synthesize(
         done = finished(work, len(targets))
         start = time.perf_counter()
         nearest = NearestReal.for_dataset(
-            dataset, config.near_copy_space, data_resolution, cache_dir, torch_device
+            dataset, config.near_copy_space, data_resolution, context.cache_dir, torch_device
         )
         synthesizer = Synthesizer(bundle, classifier, nearest, dataset, config, seed)
         share = targets[state.process_index :: state.num_processes]
