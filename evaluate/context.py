@@ -42,15 +42,33 @@ class EvalSet:
         return [str(r.get("text") or "") for r in self.records]
 
 
+def set_name(path: Path) -> str:
+    """A set's name in a report: its folder's, or for a stage's ``set/`` folder the stage's (``refine``)."""
+    return path.parent.name if path.name == "set" and path.parent.name else path.name
+
+
+def set_method(records: list[dict[str, Any]], fallback: str) -> str:
+    """What made a set, from its metadata: a coreset's method, or how a distilled set was sampled and whether it
+    was refined (``distilled (prototype guidance) + refined``); `fallback` when the records do not say."""
+    methods = {str(r["method"]) for r in records if r.get("method")}
+    guidance = {str(r["guidance"]) for r in records if r.get("guidance")}
+    if len(methods) == 1:
+        method = methods.pop()
+    elif len(guidance) == 1:
+        method = f"distilled ({guidance.pop()} guidance)"
+    else:
+        method = fallback
+    return f"{method} + refined" if any(r.get("refined") for r in records) else method
+
+
 def load_set(path: str | Path, dataset: SceneDataset, resolution: int) -> EvalSet:
     """Reads a set in the common format at `resolution` (class names and images checked)."""
     image_set = read_image_set(path, dataset.classes, resolution=resolution)
-    methods = {str(r.get("method")) for r in image_set.records if r.get("method")}
     path = Path(path)
     return EvalSet(
-        name=path.name,
+        name=set_name(path),
         path=path,
-        method=methods.pop() if len(methods) == 1 else path.name,
+        method=set_method(image_set.records, set_name(path)),
         images=image_set.images,
         labels=image_set.labels,
         records=image_set.records,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,22 +53,25 @@ def plot_accuracy_vs_ipc(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def plot_sample_grid(entry: EvalSet, classes: list[str], path: Path, per_class: int = 10) -> Path:
-    """Up to `per_class` images of every class, one row per class."""
-    rows = [np.flatnonzero(entry.labels == label)[:per_class] for label in range(len(classes))]
-    columns = max(1, max(len(r) for r in rows))
-    width, height = columns * 0.9 + 1.6, len(classes) * 0.9 + 0.4
-    fig, axes = plt.subplots(len(classes), columns, figsize=(width, height), dpi=100, squeeze=False)
-    for label, (index, name) in enumerate(zip(rows, classes, strict=True)):
-        for column in range(columns):
-            ax = axes[label, column]
-            ax.axis("off")
-            if column < len(index):
-                ax.imshow(entry.images[index[column]])
-        axes[label, 0].text(-0.1, 0.5, name, transform=axes[label, 0].transAxes, ha="right", va="center", fontsize=7)
-    fig.suptitle(entry.name, fontsize=9, y=1 - 0.08 / height, va="top")
-    fig.subplots_adjust(left=1.5 / width, right=0.99, top=1 - 0.35 / height, bottom=0.05 / height, wspace=0.05,
-                        hspace=0.05)
+def plot_sample_grid(entry: EvalSet, classes: list[str], path: Path, per_class: int = 10, across: int = 10) -> Path:
+    """Up to `per_class` images of every class, one tile per class with its name above its images; the tiles
+    wrap so that a row holds about `across` images (IPC 1: ten classes a row; IPC 10: one class a row)."""
+    shown = [np.flatnonzero(entry.labels == label)[:per_class] for label in range(len(classes))]
+    tile_width = max(1, max(len(index) for index in shown))
+    tiles_across = max(1, across // tile_width)
+    rows = math.ceil(len(classes) / tiles_across)
+    columns = tiles_across * tile_width
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9 + 0.2, rows * 1.05 + 0.5), dpi=100,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for label, (index, name) in enumerate(zip(shown, classes, strict=True)):
+        row, tile = divmod(label, tiles_across)
+        for k, image in enumerate(index):
+            axes[row, tile * tile_width + k].imshow(entry.images[image])
+        axes[row, tile * tile_width].set_title(name, fontsize=6, loc="left")
+    fig.suptitle(f"{entry.name}: {entry.method}", fontsize=9)
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
