@@ -160,7 +160,9 @@ class Run:
         evaluation = with_privacy_attack(self.config.evaluation)
         report = evaluate_sets(self.context, evaluation, out, [set_dir])
         if evaluation.privacy_verdict:
-            record_verdict(self.context, evaluation, set_dir, out, report, space=self.config.synthesis.near_copy_space)
+            generator = self.timings.get("generator", {}).get("folder")
+            record_verdict(self.context, evaluation, set_dir, out, report, space=self.config.synthesis.near_copy_space,
+                           generator=generator)
         return out
 
 

@@ -25,9 +25,10 @@ RANKS = {
     "captioning": 4,
     "synthesis": 5,
     "evaluate": 5,
-    "pipeline": 6,
-    "cli": 7,
-    "__main__": 8,
+    "export": 6,
+    "pipeline": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 OLD_NAMES = ("distill", "prototypes", "captioning", "evaluate")
 

@@ -33,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "refine": Command("rsdistill.cli.refine", "refine a set by distribution matching (stage 5b)"),
     "evaluate": Command("rsdistill.cli.evaluate", "score sets by downstream training, with baselines and metrics"),
     "run": Command("rsdistill.cli.run", "run every stage from one config (skips done stages, resumes)"),
+    "export": Command("rsdistill.cli.export", "a set as a Hugging Face dataset with its card, once its privacy allows"),
 }
 
 
