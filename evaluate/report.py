@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from rsdistill.core.atomic import write_text_atomic
+from rsdistill.evaluate.ranking import ranking_figures
 
 if TYPE_CHECKING:
     from rsdistill.evaluate.context import EvalSet, Evaluation
@@ -126,7 +127,8 @@ def _metric_cells(metrics: dict[str, Any]) -> dict[str, str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """report.md: the protocol, then one table of every set and baseline."""
+    """report.md: the protocol, then one table of every set and baseline, with DD-Ranking's improvement over
+    random (IOR) and hard-label recovery (HLR) for each set (rsdistill.evaluate.ranking)."""
     options = report["options"]
     lines = [
         f"# Evaluation on {report['dataset']}",
@@ -142,7 +144,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", ""]
     metric_rows = [_metric_cells(row.get("metrics", {})) for row in report["rows"]]
     used = [k for k in (metric_rows[0] if metric_rows else {}) if any(m[k] != "–" for m in metric_rows)]
-    header = ["set", "method", "IPC", "accuracy (%)", "ratio to full", "storage ratio", *used]
+    ranking = ranking_figures(report)
+    header = ["set", "method", "IPC", "accuracy (%)", "IOR (pts)", "HLR (pts)", "ratio to full", "storage ratio", *used]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     notes = []
@@ -154,12 +157,15 @@ def markdown(report: dict[str, Any]) -> str:
             notes.append(f"- `{row['name']}` has uneven images per class: {row['per_class']}. Scored as given.")
         accuracy = f"{row['accuracy']['mean']:.2f} ± {row['accuracy']['std']:.2f}"
         storage = row.get("storage_ratio")
-        values = [row["name"], row["method"], ipc, accuracy, _cell(row.get("ratio_to_full"), 3),
+        figures = ranking.get(row["name"], {}) if row["kind"] == "set" else {}
+        values = [row["name"], row["method"], ipc, accuracy, _cell(figures.get("improvement_over_random")),
+                  _cell(figures.get("hard_label_recovery")), _cell(row.get("ratio_to_full"), 3),
                   f"{storage:.2e}" if storage else "–", *(cells[k] for k in used)]
         lines.append("| " + " | ".join(values) + " |")
     if report.get("full"):
-        lines.append(f"| full | full | all ({report['full']['n_train']}) | {report['full']['accuracy']:.2f} | 1.000 | "
-                     f"1 |" + " – |" * len(used))
+        full = report["full"]
+        lines.append(f"| full | full | all ({full['n_train']}) | {full['accuracy']:.2f} | – | – | 1.000 | 1 |"
+                     + " – |" * len(used))
     if notes:
         lines += ["", *notes]
     pictures = report.get("pictures", [])

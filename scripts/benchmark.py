@@ -28,6 +28,7 @@ from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import EvalConfig, PrototypeConfig, RunConfig, dump_config, load_config
 from rsdistill.data.context import RunContext
 from rsdistill.data.sources import load_dataset
+from rsdistill.evaluate.ranking import hard_label_recovery, improvement_over_random
 from rsdistill.pipeline import base_settings
 
 HERE = Path(__file__).resolve().parent
@@ -157,20 +158,25 @@ STALE_NOTE = ("† scored with an earlier version of the dataset's config (its c
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| dataset | IPC | method | accuracy (%) | ratio to full | storage ratio |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | IPC | method | accuracy (%) | IOR (pts) | HLR (pts) | ratio to full | storage ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     stale = False
     for key in sorted(results, key=lambda k: (k.split("/")[0], int(k.split("/")[1]), k)):
         dataset, ipc, method = key.split("/", 2)
         r = results[key]
+        random, full = results.get(f"{dataset}/{ipc}/random"), r.get("full")
+        ior = (f"{improvement_over_random(r['accuracy_mean'], random['accuracy_mean']):+.2f}"
+               if random is not None and method != "random" else "–")
+        hlr = f"{hard_label_recovery(full['accuracy'], r['accuracy_mean']):.2f}" if full else "–"
         if is_stale(dataset, ipc, method, r):
             method, stale = f"{method} †", True
         acc = f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}"
         ratio = f"{r['ratio_to_full']:.3f}" if r.get("ratio_to_full") is not None else "–"
         storage = f"{r['storage_ratio']:.2e}" if r.get("storage_ratio") is not None else "–"
-        lines.append(f"| {dataset} | {ipc} | {method} | {acc} | {ratio} | {storage} |")
+        lines.append(f"| {dataset} | {ipc} | {method} | {acc} | {ior} | {hlr} | {ratio} | {storage} |")
     fulls = {k.split("/")[0]: r["full"] for k, r in results.items() if r.get("full")}
     for dataset, full in sorted(fulls.items()):
-        lines.append(f"| {dataset} | all | full | {full['accuracy']:.2f} | 1.000 | 1 |")
+        lines.append(f"| {dataset} | all | full | {full['accuracy']:.2f} | – | – | 1.000 | 1 |")
     return "\n".join(lines) + (f"\n\n{STALE_NOTE}" if stale else "")
 
 

@@ -29,9 +29,9 @@ def test_table_shows_percent_accuracies_and_the_full_row() -> None:
                               "storage_ratio": 1.2e-4, "full": full},
     }
     lines = benchmark.table(results).splitlines()
-    assert lines[2] == "| eurosat | 1 | herding | 28.50 ± 0.50 | – | 1.20e-04 |"
-    assert lines[3] == "| eurosat | 10 | random | 60.49 ± 0.78 | 0.650 | – |"
-    assert lines[4] == "| eurosat | all | full | 93.06 | 1.000 | 1 |"
+    assert lines[2] == "| eurosat | 1 | herding | 28.50 ± 0.50 | – | 64.56 | – | 1.20e-04 |"
+    assert lines[3] == "| eurosat | 10 | random | 60.49 ± 0.78 | – | 32.57 | 0.650 | – |"
+    assert lines[4] == "| eurosat | all | full | 93.06 | – | – | 1.000 | 1 |"
 
 
 def test_accuracy_of_picks_the_indexed_row_of_a_kind() -> None:
@@ -56,9 +56,9 @@ def test_table_marks_items_scored_with_an_earlier_config() -> None:
         "ucmerced/10/ablation: a label no longer benchmarked": {**row, "config_tag": current},
     }
     lines = benchmark.table(results).splitlines()
-    assert "| ucmerced | 10 | distilled | 50.00 ± 1.00 | – | – |" in lines
-    assert "| ucmerced | 1 | distilled † | 50.00 ± 1.00 | – | – |" in lines
-    assert "| ucmerced | 10 | ablation: a label no longer benchmarked † | 50.00 ± 1.00 | – | – |" in lines
+    assert "| ucmerced | 10 | distilled | 50.00 ± 1.00 | – | – | – | – |" in lines
+    assert "| ucmerced | 1 | distilled † | 50.00 ± 1.00 | – | – | – | – |" in lines
+    assert "| ucmerced | 10 | ablation: a label no longer benchmarked † | 50.00 ± 1.00 | – | – | – | – |" in lines
     assert lines[-1] == benchmark.STALE_NOTE
     assert "†" not in benchmark.table({"ucmerced/10/distilled": {**row, "config_tag": current}})
 
@@ -84,3 +84,16 @@ def test_record_drops_ablations_the_benchmark_no_longer_runs(tmp_path: Path, mon
     results = json.loads((tmp_path / "benchmark.json").read_text())["results"]
     assert sorted(results) == sorted([kept, "eurosat/10/random"])
     assert "no longer benchmarked" not in (tmp_path / "benchmark.md").read_text()
+
+
+def test_table_gives_dd_ranking_figures_against_random_and_full() -> None:
+    benchmark = load_benchmark()
+    full = {"accuracy": 90.0}
+    item = {"accuracy_std": 0.0, "ratio_to_full": None, "storage_ratio": None, "full": full}
+    results = {"eurosat/10/random": {**item, "accuracy_mean": 60.0},
+               "eurosat/10/herding": {**item, "accuracy_mean": 65.5},
+               "eurosat/50/herding": {**item, "accuracy_mean": 80.0}}
+    lines = benchmark.table(results).splitlines()
+    assert "| eurosat | 10 | herding | 65.50 ± 0.00 | +5.50 | 24.50 | – | – |" in lines
+    assert "| eurosat | 10 | random | 60.00 ± 0.00 | – | 30.00 | – | – |" in lines
+    assert "| eurosat | 50 | herding | 80.00 ± 0.00 | – | 10.00 | – | – |" in lines  # no random at IPC 50
