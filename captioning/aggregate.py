@@ -198,6 +198,12 @@ def frequent_phrases(
     return composed
 
 
+def check_rule(rule: str) -> None:
+    """Refuses an unknown ``captions.aggregation``."""
+    if rule not in RULES:
+        raise RSDistillError(f"captions.aggregation must be one of {', '.join(RULES)}, not {rule!r}.")
+
+
 def aggregate(
     groups: list[Group],
     rule: str,
@@ -209,8 +215,7 @@ def aggregate(
 
     Each result holds `prompt` and, for nearest-mean, `from_key` (the member whose caption was chosen).
     """
-    if rule not in RULES:
-        raise RSDistillError(f"captions.aggregation must be one of {', '.join(RULES)}, not {rule!r}.")
+    check_rule(rule)
     empty = [i for i, g in enumerate(groups) if not g.captions]
     if empty:
         raise RSDistillError(f"Prompt group {empty[0]} has no captioned members; check the prototypes file.")

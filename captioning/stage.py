@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rsdistill.captioning.aggregate import Group, PromptFitter, TextEmbedder, aggregate
+from rsdistill.captioning.aggregate import Group, PromptFitter, TextEmbedder, aggregate, check_rule
 from rsdistill.captioning.attributes import AttributeCaptioner
 from rsdistill.core.artifacts import Stage, read_manifest
 from rsdistill.core.atomic import write_text_atomic
@@ -68,23 +68,40 @@ def read_prototypes(path: str | Path, dataset: SceneDataset) -> tuple[dict[str, 
     return data, hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def build_captioner(config: CaptionConfig, classes: list[str], device: str) -> Any:
-    """The configured captioner (see CaptionConfig)."""
-    if config.captioner == "attributes":
-        return AttributeCaptioner(classes, config.mention_class, config.prefix)
+def check_captions(config: CaptionConfig, device: str) -> None:
+    """Refuses caption settings the stage cannot run with, before any image is captioned: the captioner's
+    (`check_captioner`), an unknown aggregation, a text embedder that cannot be loaded (it stays loaded for the
+    stage)."""
+    check_captioner(config)
+    check_rule(config.aggregation)
+    TextEmbedder(config.text_embedder, device=str(resolve_device(device)))
+
+
+def check_captioner(config: CaptionConfig) -> None:
+    """Refuses an unknown captioner, and an hf captioner without a model or whose model cannot be found (its
+    config is read, not its weights)."""
+    if config.captioner not in CAPTIONERS:
+        raise RSDistillError(
+            f"captions.captioner must be one of {', '.join(CAPTIONERS)}, not {config.captioner!r}."
+        )
     if config.captioner == "hf":
         if not config.model:
             raise RSDistillError(
                 "The hf captioner needs a model: pass --model <hub id or folder> (captions.model)."
             )
-        from rsdistill.captioning.vlm import HFCaptioner
+        from rsdistill.captioning.vlm import captioning_model_config
 
-        return HFCaptioner(
-            config.model, config.prompt, device, config.dtype, config.batch_size, config.max_new_tokens
-        )
-    raise RSDistillError(
-        f"captions.captioner must be one of {', '.join(CAPTIONERS)}, not {config.captioner!r}."
-    )
+        captioning_model_config(config.model)
+
+
+def build_captioner(config: CaptionConfig, classes: list[str], device: str) -> Any:
+    """The configured captioner (see CaptionConfig)."""
+    if config.captioner == "attributes":
+        return AttributeCaptioner(classes, config.mention_class, config.prefix)
+    check_captioner(config)
+    from rsdistill.captioning.vlm import HFCaptioner
+
+    return HFCaptioner(config.model, config.prompt, device, config.dtype, config.batch_size, config.max_new_tokens)
 
 
 def read_partial(path: Path) -> dict[str, dict[str, str]]:

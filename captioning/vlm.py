@@ -10,6 +10,7 @@ Generation is greedy, so the same images give the same captions.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,24 +46,33 @@ def image_text_model_class() -> type:
     return cls
 
 
-def load_vlm(name_or_path: str, device: torch.device, dtype: torch.dtype) -> tuple[object, torch.nn.Module]:
-    """The processor and model of a captioning model, or an error that names it and says why not."""
-    from transformers import AutoConfig, AutoProcessor
+def captioning_model_config(name_or_path: str) -> Any:
+    """The config of a captioning model (read without its weights), or an error that names it and says why
+    not: no such folder or cached hub id, or not an image-to-text model."""
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
         raise RSDistillError(
-            f"Cannot load a model from {name_or_path!r}: {reason(error)}. Give a hub id (with network) or "
-            "a folder written by save_pretrained that holds config.json."
+            f"Cannot load a model from {name_or_path!r} (captions.model): {reason(error)}. Give a hub id (with "
+            "network) or a folder written by save_pretrained that holds config.json."
         ) from None
-    model_cls = image_text_model_class()
-    if type(config) not in model_cls._model_mapping:
+    if type(config) not in image_text_model_class()._model_mapping:
         raise RSDistillError(
             f"{name_or_path} holds a {config.model_type!r} model, which is not a captioning model. The hf "
             "captioner needs an image-to-text or image-text-to-text model (BLIP, BLIP-2, GIT, Florence-2, "
             "LLaVA, Qwen2-VL...)."
         )
+    return config
+
+
+def load_vlm(name_or_path: str, device: torch.device, dtype: torch.dtype) -> tuple[object, torch.nn.Module]:
+    """The processor and model of a captioning model, or an error that names it and says why not."""
+    from transformers import AutoProcessor
+
+    config = captioning_model_config(name_or_path)
+    model_cls = image_text_model_class()
     try:
         processor = AutoProcessor.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError) as error:

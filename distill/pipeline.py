@@ -7,6 +7,10 @@ in a shared folder keyed by their fingerprint, so one generator trained per data
     <shared_dir>/<dataset>/captions-<fp>/      one caption per train image
     <shared_dir>/<dataset>/generator-<fp>/     the fine-tuned bundle (checkpoints while training)
     <run_dir>/prototypes/  <run_dir>/prompts/  <run_dir>/synthesis/set/  <run_dir>/refine/set/  <run_dir>/report/
+
+A run holds the lock of its run folder (``<run_dir>/.rsdistill-run.lock``) from start to end and each stage the
+lock of its stage folder, so a second ``rsdistill run`` on the same folder stops with a message. Every setting
+is checked before the first stage starts (`Run.check_settings`), with the stages' own checks.
 """
 
 from __future__ import annotations
@@ -18,27 +22,41 @@ from pathlib import Path
 from typing import Any
 
 from rsdistill.captioning import run_captions
+from rsdistill.captioning.stage import check_captions
 from rsdistill.core.artifacts import Stage, fingerprint, read_manifest
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import GeneratorConfig, RunConfig, dump_config, to_dict
 from rsdistill.core.errors import RSDistillError
+from rsdistill.core.lock import FolderLock
 from rsdistill.core.runtime import resolve_device, seed_everything
 from rsdistill.data.context import RunContext
-from rsdistill.data.dataset import SceneDataset
-from rsdistill.evaluate.evaluation import evaluate_sets
+from rsdistill.data.dataset import SceneDataset, dataset_slug
+from rsdistill.evaluate.evaluation import check_options, evaluate_sets, protocol_from_config
+from rsdistill.evaluate.measures import load_metric_models
 from rsdistill.generator.base import fit_latent_classifier, scratch_preset
-from rsdistill.generator.bundle import CLASSIFIER_FOLDER, load_bundle
+from rsdistill.generator.bundle import CLASSIFIER_FOLDER, check_bundle_source, load_bundle
 from rsdistill.generator.finetune import finetune
+from rsdistill.generator.finetune_config import check_finetune
 from rsdistill.generator.scratch import init_scratch
 from rsdistill.prototypes import run_prototypes
-from rsdistill.synthesis.refine import refine_set
-from rsdistill.synthesis.synthesize import synthesize
+from rsdistill.prototypes.checks import check_ipc
+from rsdistill.prototypes.encoders import load_encoder
+from rsdistill.synthesis.near_copy import DEFAULT_SPACE
+from rsdistill.synthesis.refine import check_refine, refine_set
+from rsdistill.synthesis.synthesize import sampler_settings, synthesize
 
 SPLIT_FILE = "split-test.txt"
+RUN_LOCK = ".rsdistill-run.lock"
 
 
 def slug(dataset: SceneDataset) -> str:
-    return dataset.name.replace(":", "_").replace("/", "_").strip("_")[-40:]
+    """The dataset's folder name under the shared folder (checked to be one plain name)."""
+    return dataset_slug(dataset.name)
+
+
+def run_lock(run_dir: Path) -> FolderLock:
+    """The lock a run holds on its run folder."""
+    return FolderLock(run_dir / RUN_LOCK, f"The run folder {run_dir}")
 
 
 class Run:
@@ -56,6 +74,32 @@ class Run:
     def shared_path(self, name: str, config: Any, inputs: dict[str, str]) -> Path:
         return self.shared / f"{name}-{fingerprint(name, config, inputs)}"
 
+    def check_settings(self, evaluate: bool = True) -> None:
+        """Refuses, before the first stage starts, any setting a later stage would refuse, with that stage's
+        own check: the device, the generator (preset, a pretrained bundle that cannot be found offline,
+        fine-tuning settings), the captioner and text embedder, the IPC, the prototype and near-copy encoders,
+        the sampler, refinement and evaluation (options, protocol, the optional metrics' models)."""
+        config, context = self.config, self.context
+        resolve_device(config.device)
+        g = config.generator
+        base_settings(g, context.resolution)
+        if g.pretrained_model_name_or_path:
+            check_bundle_source(g.pretrained_model_name_or_path)
+        check_finetune(replace(g, pretrained_model_name_or_path=str(self.shared), output_dir=str(self.shared)))
+        if g.prompts == "captions":
+            check_captions(config.captions, config.device)
+        check_ipc(self.dataset.class_counts("train"), config.prototypes.ipc, "prototypes.ipc")
+        for spec in (config.prototypes.encoder, config.synthesis.near_copy_space):
+            if spec not in ("vae", DEFAULT_SPACE):
+                load_encoder(spec, device=config.device)
+        sampler_settings(config.synthesis)
+        if config.refine.iterations != 0:
+            check_refine(config.refine)
+        if evaluate:
+            check_options(config.evaluation, [self.run_dir / "refine" / "set"])
+            protocol_from_config(config.evaluation, self.dataset, context.resolution)
+            load_metric_models(config.evaluation, resolve_device(config.device))
+
     def record(self, name: str, folder: Path) -> None:
         manifest = read_manifest(folder) or {}
         self.timings[name] = {
@@ -71,7 +115,7 @@ class Run:
         settings = base_settings(g, self.context.resolution)
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
         folder = self.shared_path("base", settings, inputs)
-        stage = Stage(folder.parent, folder.name, settings, inputs)
+        stage = Stage(folder.parent, folder.name, settings, inputs, family="base")
         if not stage.done:
             print(f"[base] building into {folder}")
             with stage.build() as work:
@@ -110,7 +154,7 @@ class Run:
         inputs = {"base": fingerprint_of(classifier.parent), "captions": fingerprint_of(captions),
                   "seed": str(self.config.seed)}
         folder = self.shared_path("generator", settings, inputs)
-        stage = Stage(folder.parent, folder.name, settings, inputs)
+        stage = Stage(folder.parent, folder.name, settings, inputs, family="generator")
         if not stage.done:
             print(f"[generator] training into {folder} (resumes from its latest checkpoint)")
             with stage.build() as work:
@@ -198,9 +242,22 @@ def fingerprint_of(folder: Path | None) -> str:
 
 
 def run_pipeline(config: RunConfig, evaluate: bool = True) -> Path:
-    """Runs every stage of `config`; returns the report folder (or the set folder without evaluation)."""
+    """Runs every stage of `config`, holding the run folder's lock; returns the report folder (or the set
+    folder without evaluation).
+
+    Raises:
+        RSDistillError: When another command holds the run folder, or a setting is refused (before any stage).
+    """
     seed_everything(config.seed)
-    run = Run(config)
+    with run_lock(Path(config.run_dir)).held():
+        run = Run(config)
+        run.check_settings(evaluate)
+        return run_stages(run, evaluate)
+
+
+def run_stages(run: Run, evaluate: bool) -> Path:
+    """Every stage of `run` in order, skipping what is done."""
+    config = run.config
     run.run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.run_dir / "config.yaml", dump_config(config))
     start = time.perf_counter()

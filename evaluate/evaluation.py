@@ -19,11 +19,12 @@ import numpy as np
 from rsdistill.core.artifacts import PeakMemory
 from rsdistill.core.config import EvalConfig, to_dict
 from rsdistill.core.errors import RSDistillError
+from rsdistill.core.runtime import resolve_device
 from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import FolderSource, SceneDataset
 from rsdistill.evaluate import report as reporting
 from rsdistill.evaluate.context import Evaluation, load_set
-from rsdistill.evaluate.measures import measure_set
+from rsdistill.evaluate.measures import load_metric_models, measure_set
 from rsdistill.evaluate.protocol import Protocol, steps_for_passes
 from rsdistill.evaluate.scoring import Scorer, fixed, random_draw
 from rsdistill.evaluate.teacher import full_passes, full_reference
@@ -96,6 +97,7 @@ def evaluate_sets(
     """
     dataset, cache_dir = context.dataset, context.cache_dir
     check_options(config, set_dirs)
+    metric_models = load_metric_models(config, resolve_device(context.device))  # before anything is trained
     if not set_dirs and not config.ipc and config.train_on == "set" and "full" not in config.baselines:
         raise RSDistillError(
             "Nothing to evaluate: give SET folders, --ipc for the random baseline, or --baselines full."
@@ -106,6 +108,7 @@ def evaluate_sets(
         sets = [load_set(path, dataset, protocol.resolution) for path in set_dirs]
         scorer = Scorer.for_dataset(dataset, protocol, cache_dir, device=context.device, compile=config.compile)
         run = Evaluation(dataset, config, scorer, dataset.images("train", protocol.resolution, cache_dir=cache_dir))
+        run.extras.update(metric_models)
         if config.labels == "soft" or "privacy" in config.metrics:
             teacher = Protocol(resolution=protocol.resolution, precision=scorer.protocol.precision)
             benchmark = scorer.with_protocol(teacher)

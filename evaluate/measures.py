@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from rsdistill.core.config import EvalConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.evaluate.clipscore import clip_metrics, load_clip
-from rsdistill.evaluate.metrics import inception_features, realism_metrics, split_features
+from rsdistill.evaluate.metrics import inception_features, inception_network, realism_metrics, split_features
 from rsdistill.evaluate.privacy import (
     balanced_sample,
     loss_threshold_auc,
@@ -21,6 +23,23 @@ from rsdistill.evaluate.teacher import extract_features, load_feature_extractor
 
 if TYPE_CHECKING:
     from rsdistill.evaluate.context import EvalSet, Evaluation
+
+
+def load_metric_models(config: EvalConfig, device: str | torch.device) -> dict[str, Any]:
+    """Loads the models the requested metrics need before anything is trained, so that missing weights stop an
+    evaluation at once: clip's open_clip model (returned under ``"clip"``, for `Evaluation.extras`) and the
+    Inception network of fid, kid and prdc.
+
+    Raises:
+        RSDistillError: Naming the model and the setting that points at it.
+    """
+    which = set(config.metrics)
+    extras: dict[str, Any] = {}
+    if "clip" in which:
+        extras["clip"] = load_clip(config.clip_model, config.clip_pretrained, device)
+    if which & {"fid", "kid", "prdc"}:
+        inception_network(device)
+    return extras
 
 
 def measure_set(run: Evaluation, entry: EvalSet) -> dict[str, Any]:

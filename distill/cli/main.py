@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 
 from rsdistill.cli.common import COMMANDS, split_overrides
 from rsdistill.core.config import dump_config, load_config
-from rsdistill.core.errors import RSDistillError
+from rsdistill.core.errors import RSDistillError, out_of_space, out_of_space_message
 from rsdistill.data.dataset import NAMED_DATASETS, cache_state, image_sizes, resolve_data_root
 from rsdistill.data.hf import export_imagefolder, load_hf
 from rsdistill.data.sources import load_dataset
@@ -114,6 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume.", file=sys.stderr)
         return 130
+    except Exception as error:
+        full, path = out_of_space(error)
+        if not full:
+            raise
+        remedy = ("move the output (--out) or RSDISTILL_CACHE to a larger disk, and run the same command again: "
+                  "finished stages are kept")
+        print(f"error: {out_of_space_message(path or 'its output', remedy)}", file=sys.stderr)
+        return 2
     return 0
 
 

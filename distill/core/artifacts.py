@@ -13,6 +13,14 @@ into, a stage written before manifests listed their files -- is never deleted, w
 with other settings is replaced when the stage's `overwrite` says so: ``rsdistill run`` replaces its own
 stages; the single-stage commands (``prototypes``, ``caption``, ``generate``, ``refine``) only with
 ``--overwrite`` (``RunContext.overwrite``).
+
+A stage is built under a lock (``<run_dir>/.<name>.lock``, see :mod:`rsdistill.core.lock`): a second command
+that reaches the same stage folder while the first builds it stops with a message instead of writing into the
+same partial folder. When a stage completes, what interrupted builds of it left beside it is removed: partial
+folders set aside for other settings, half-replaced folders, and, for a stage of a `family` (the pipeline's
+shared stages, one folder per fingerprint), the partial folders of the family's other fingerprints that no
+running command holds. A full disk while the stage runs becomes a message naming the path, with the finished
+part kept in the partial folder for the next run.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from typing import Any
 import psutil
 
 from rsdistill.core.atomic import temporary_sibling, write_text_atomic
-from rsdistill.core.errors import RSDistillError
+from rsdistill.core.errors import RSDistillError, nearly_full, out_of_space, out_of_space_message
+from rsdistill.core.lock import FolderLock, in_use
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("rsdistill", "torch", "diffusers", "transformers", "accelerate", "faiss-cpu", "numpy")
@@ -140,7 +149,8 @@ class Stage:
     """One stage's folder in a run directory.
 
     `overwrite`: whether a finished folder of this stage made with other settings is replaced. A folder that is
-    not ours is never replaced; see `check_destination`.
+    not ours is never replaced; see `check_destination`. `family`: for stages named ``<family>-<fingerprint>``
+    (the pipeline's shared stages), the prefix whose other partial folders are orphans once this one completes.
 
     Usage::
 
@@ -156,6 +166,7 @@ class Stage:
     config: Any
     inputs: dict[str, str]
     overwrite: bool = True
+    family: str | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -167,6 +178,11 @@ class Stage:
     @property
     def partial_path(self) -> Path:
         return self.run_dir / f".{self.name}.partial"
+
+    @property
+    def lock(self) -> FolderLock:
+        """The lock held while the stage is built."""
+        return FolderLock(self.run_dir / f".{self.name}.lock", f"The stage folder {self.path}")
 
     @property
     def fingerprint(self) -> str:
@@ -227,6 +243,44 @@ class Stage:
         marker.write_text(self.fingerprint)
         return self.partial_path
 
+    def orphans(self) -> list[Path]:
+        """What interrupted builds of this stage left beside it (see the module docstring); folders whose stage
+        a running command holds are not listed."""
+        patterns = [f".{self.name}.stale-*", f".{self.name}.tmp-*"]
+        if self.family:
+            patterns.append(f".{self.family}-*.partial")
+        found = []
+        for pattern in patterns:
+            for path in sorted(self.run_dir.glob(pattern)):
+                stage_name = path.name[1:].removesuffix(".partial")
+                if path != self.partial_path and not in_use(self.run_dir / f".{stage_name}.lock"):
+                    found.append(path)
+        return found
+
+    def remove_orphans(self) -> None:
+        """Removes `orphans`, saying what was removed."""
+        for path in self.orphans():
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            print(f"note: removed {path} ({size / 2**20:.1f} MB), left by an interrupted {self.name} stage")
+
+    @contextmanager
+    def _no_space_message(self, work: Path) -> Iterator[None]:
+        """Turns a full disk while the stage writes into a message naming the path and what to do."""
+        try:
+            yield
+        except Exception as error:
+            full, path = out_of_space(error)
+            if not (full or (isinstance(error, (OSError, RuntimeError)) and nearly_full(work))):
+                raise
+            raise RSDistillError(out_of_space_message(
+                path or work, f"move the output (--out, shared_dir) or RSDISTILL_CACHE to a larger disk, and run "
+                f"the same command again: what the {self.name} stage finished is kept in {work} and resumed")
+            ) from None
+
     @contextmanager
     def build(self, extra: dict[str, Any] | None = None) -> Iterator[Path]:
         """Yields the partial folder; on success moves it into place and writes the manifest last.
@@ -246,11 +300,18 @@ class Stage:
         """
         self.check_destination()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        work = self._prepare_partial()
-        start = time.perf_counter()
-        with PeakMemory() as memory:
-            yield work
-        wall = time.perf_counter() - start
+        with self.lock.held():
+            work = self._prepare_partial()
+            start = time.perf_counter()
+            with PeakMemory() as memory, self._no_space_message(work):
+                yield work
+            wall = time.perf_counter() - start
+            with self._no_space_message(work):
+                self._finish(work, wall, memory.peak_mb, extra)
+            self.remove_orphans()
+
+    def _finish(self, work: Path, wall: float, peak_mb: float, extra: dict[str, Any] | None) -> None:
+        """Moves the finished partial folder `work` into place and writes the manifest last."""
         self.check_destination()  # the folder may have changed while the stage ran
         (work / ".fingerprint").unlink(missing_ok=True)
         if self.path.is_dir() and not any(self.path.iterdir()):
@@ -268,7 +329,7 @@ class Stage:
             "inputs": self.inputs,
             "versions": package_versions(),
             "wall_time_s": round(wall, 3),
-            "peak_memory_mb": round(memory.peak_mb, 1),
+            "peak_memory_mb": round(peak_mb, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **(extra or {}),
             FILES_KEY: files,

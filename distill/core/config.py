@@ -29,6 +29,10 @@ class DataConfig:
         split_file: where a generated split is read or written (roots without test.txt)
         test_fraction: test share of a generated split
         val_fraction: share of the train split held out for validation where a stage needs one
+        bands: red, green, blue bands of multi-band images: eurosat-ms, sentinel-2 or sentinel-2-l2a (true
+            colour), <order>:B08,B04,B03, or band numbers from 1 such as 4,3,2 (None: grey or RGB images only)
+        stretch: how 16-bit and float values become 0..255, band by band: percentile (2nd-98th percentile of the
+            train split), percentile:LOW,HIGH, or range:MIN,MAX (8-bit images are never stretched)
     """
 
     dataset: str = "eurosat"
@@ -40,6 +44,8 @@ class DataConfig:
     split_file: str | None = None
     test_fraction: float = 0.2
     val_fraction: float = 0.1
+    bands: str | None = None
+    stretch: str = "percentile"
 
 
 @dataclass

@@ -10,12 +10,37 @@ import torch
 
 from rsdistill.core.errors import RSDistillError
 
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N or mps"
+
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else CPU."""
+    """The torch device of the ``device`` setting (``--device``); `auto` picks CUDA when present, else CPU.
+
+    Raises:
+        RSDistillError: For a name torch does not know (``gpu0``) or a device this machine does not have
+            (``cuda`` without a GPU, ``cuda:3`` with two, ``mps`` off Apple silicon), naming the setting.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise RSDistillError(f"--device {device!r} (the device setting) is not a device name; use "
+                             f"{DEVICE_FORMS}.") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RSDistillError(f"--device {device!r} (the device setting): torch sees no CUDA GPU on this "
+                                 "machine. Use --device cpu (or auto), or install a CUDA build of torch.")
+        if resolved.index is not None and resolved.index >= count:
+            raise RSDistillError(f"--device {device!r} (the device setting): this machine has {count} CUDA "
+                                 f"GPU(s), numbered 0 to {count - 1}.")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise RSDistillError(f"--device {device!r} (the device setting): MPS is not available on this machine. "
+                             "Use --device cpu (or auto).")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise RSDistillError(f"--device {device!r} (the device setting) is not supported; use {DEVICE_FORMS}.")
+    return resolved
 
 
 def bf16_supported(device: torch.device) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rsdistill.core.config import RunConfig
 from rsdistill.data.dataset import ImageArray, SceneDataset
+from rsdistill.data.imagery import Imagery
 from rsdistill.data.sources import load_dataset
 
 
@@ -54,8 +55,11 @@ class RunContext:
     def load(cls, config: RunConfig, split_file: str | None = None) -> RunContext:
         """Loads the dataset `config.data` names and returns its context."""
         data = config.data
+        imagery = Imagery(data.bands, data.stretch)  # checks the settings before the dataset is read
         dataset = load_dataset(data.dataset, root=data.data_root, split_file=split_file, split_seed=data.split_seed,
                                test_fraction=data.test_fraction)
+        if not imagery.default:
+            dataset = dataset.with_imagery(imagery)
         return cls.from_config(dataset, config)
 
     def images(self, split: str) -> ImageArray:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.errors import RSDistillError
@@ -175,6 +175,23 @@ def check_bundle_folder(folder: Path) -> None:
             f"Diffusion model folder {folder} lacks its {', '.join(m + '/' for m in missing)} component"
             f"{'s' if len(missing) > 1 else ''} (expected e.g. {example})."
         )
+
+
+def check_bundle_source(name_or_path: str) -> None:
+    """Refuses, before any training and without loading weights, a bundle `load_bundle` could not load: a
+    folder that is not a bundle, or a hub id whose component configs cannot be had (offline: not in the hub
+    cache).
+
+    Raises:
+        RSDistillError: Naming the folder or hub id, the missing part and what to do.
+    """
+    folder = Path(name_or_path).expanduser()
+    if folder.exists() or _looks_like_path(name_or_path):
+        check_bundle_folder(folder)
+        return
+    for what, loader in (("vae", AutoencoderKL.load_config), ("unet", UNet2DConditionModel.load_config),
+                         ("scheduler", DDPMScheduler.load_config), ("text_encoder", AutoConfig.from_pretrained)):
+        _load_component(what, loader, name_or_path, local=False)
 
 
 def _hub_offline() -> bool:

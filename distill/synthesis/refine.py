@@ -12,6 +12,7 @@ exactly the images of an uninterrupted one (on the same device and thread count)
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -148,6 +149,20 @@ def refine_autocast_dtype(config: RefineConfig) -> torch.dtype | None:
     return autocast_dtype(config.mixed_precision)
 
 
+def check_refine(config: RefineConfig) -> None:
+    """Refuses refinement settings the stage cannot run with, naming the setting (before anything is read)."""
+    if config.iterations < 1:
+        raise RSDistillError(f"refine.iterations must be at least 1, not {config.iterations} (set it to 0 to "
+                             "leave refinement out).")
+    if config.teacher_steps < 0 or config.teacher_weight < 0:
+        raise RSDistillError("refine.teacher_steps and refine.teacher_weight must be >= 0 (teacher_steps 0: "
+                             "no teacher).")
+    for name in ("width", "depth", "real_per_class", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            raise RSDistillError(f"refine.{name} must be at least 1, not {getattr(config, name)}.")
+    refine_autocast_dtype(config)
+
+
 def refine_images(
     images: np.ndarray,
     labels: np.ndarray,
@@ -185,7 +200,13 @@ def refine_images(
     optimizer = torch.optim.SGD([synthetic], lr=step, momentum=config.momentum)
     start_iteration, losses = 0, []
     if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location=device)
+        try:  # plain tensors and numbers only: a checkpoint cannot run code when it is read
+            state = torch.load(state_path, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            why = ("it holds Python objects other than tensors and numbers, which are not unpickled (they could "
+                   "run code)" if isinstance(error, pickle.UnpicklingError) else "it is damaged")
+            raise RSDistillError(f"The refinement checkpoint {state_path} cannot be read as plain tensors: {why}. "
+                                 "Delete it to start the refinement over.") from None
         with torch.no_grad():
             synthetic.copy_(state["synthetic"])
         optimizer.load_state_dict(state["optimizer"])
@@ -247,11 +268,7 @@ def refine_set(
         inputs: What identifies the set (e.g. the synthesis stage's fingerprint); default: the folder path.
     """
     dataset, seed, resolution = context.dataset, context.seed, context.resolution
-    if config.iterations < 1:
-        raise RSDistillError("refine.iterations must be at least 1 (set it to 0 to leave refinement out).")
-    if config.teacher_steps < 0 or config.teacher_weight < 0:
-        raise RSDistillError("refine.teacher_steps and refine.teacher_weight must be >= 0 (teacher_steps 0: "
-                             "no teacher).")
+    check_refine(config)
     out = Path(out)
     # The stage records the step it takes, so equal steps at any IPC are one and the same stage.
     step = step_size(config, [record["label"] for record in read_records(Path(set_dir))])

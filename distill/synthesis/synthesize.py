@@ -44,7 +44,7 @@ from rsdistill.core.config import SynthesisConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import resolve_device
 from rsdistill.data.context import RunContext
-from rsdistill.data.dataset import SceneDataset, to_rgb_resized
+from rsdistill.data.dataset import SceneDataset, dataset_reader
 from rsdistill.data.imageset import sample_grid, write_image_set
 from rsdistill.data.names import class_prompt
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, DiffusionBundle, load_bundle
@@ -221,11 +221,8 @@ def load_classifier(bundle_dir: str | Path, classes: list[str], candidates: int)
 
 
 def _pixels_for(dataset: SceneDataset, keys: Sequence[str], resolution: int) -> torch.Tensor:
-    arrays = []
-    for key in keys:
-        with dataset.source.open(key) as image:
-            arrays.append(to_rgb_resized(image, resolution))
-    return to_pixels(np.stack(arrays))
+    read = dataset_reader(dataset)
+    return to_pixels(np.stack([read(dataset.source, key, resolution) for key in keys]))
 
 
 @torch.no_grad()
