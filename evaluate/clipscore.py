@@ -5,6 +5,13 @@ file), ``hf-hub:org/repo``, or ``local-dir:/path`` (a folder with ``open_clip_co
 CLIP score (Hessel et al. 2021) = 100 * max(cos(image, text), 0), with each image's own text from the set's
 metadata when it has one, else the class prompt; zero-shot accuracy classifies each image among the class
 prompts.
+
+Class prompts use the class names in plain words (``AnnualCrop`` -> "a satellite photo of annual crop.",
+`rsdistill.data.names.plain_words`). A RemoteCLIP checkpoint file (e.g. ``RemoteCLIP-ViT-B-32.pt`` from
+chendelong/RemoteCLIP) loads as its open_clip architecture with the file as `pretrained`:
+``load_clip("ViT-B-32", "/path/RemoteCLIP-ViT-B-32.pt")``, on the command line ``--clip-model ViT-B-32
+--clip-pretrained /path/RemoteCLIP-ViT-B-32.pt``. Zero-shot accuracy on a split without any training is
+`zero_shot_accuracy` (scripts/augmentation_study.py --clip-model adds it as a baseline row).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 from PIL import Image
 
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.names import plain_words
 
 TEMPLATE = "a satellite photo of {}."
 
@@ -56,6 +64,23 @@ def _embed_texts(model: Any, tokenizer: Any, texts: list[str], device: torch.dev
     return features / features.norm(dim=1, keepdim=True)
 
 
+def class_prompts(classes: list[str], template: str = TEMPLATE) -> list[str]:
+    """One prompt per class, from its name in plain words."""
+    return [template.format(plain_words(name)) for name in classes]
+
+
+def zero_shot_accuracy(
+    clip: tuple[Any, Any, Any], images: np.ndarray, labels: np.ndarray, classes: list[str], template: str = TEMPLATE
+) -> float:
+    """Top-1 accuracy (percent) of uint8 (N, H, W, 3) images classified among the class prompts."""
+    model, preprocess, tokenizer = clip
+    device = next(model.parameters()).device
+    image_features = _embed_images(model, preprocess, images, device)
+    class_features = _embed_texts(model, tokenizer, class_prompts(classes, template), device)
+    predictions = (image_features @ class_features.T).argmax(dim=1).cpu().numpy()
+    return float((predictions == np.asarray(labels)).mean() * 100.0)
+
+
 def clip_metrics(
     clip: tuple[Any, Any, Any],
     images: np.ndarray,
@@ -68,7 +93,7 @@ def clip_metrics(
     model, preprocess, tokenizer = clip
     device = next(model.parameters()).device
     image_features = _embed_images(model, preprocess, images, device)
-    prompts = [template.format(name) for name in classes]
+    prompts = class_prompts(classes, template)
     class_features = _embed_texts(model, tokenizer, prompts, device)
     own = [t if t else prompts[int(label)] for t, label in zip(texts or [""] * len(images), labels, strict=True)]
     own_features = _embed_texts(model, tokenizer, own, device)

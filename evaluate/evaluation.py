@@ -53,7 +53,7 @@ def protocol_from_config(config: EvalConfig, dataset: SceneDataset, resolution: 
         if config.train_on != "set":
             steps = steps_for_passes(len(dataset.train), config.full_passes or full_passes(dataset.name))
     return Protocol(model=config.model, resolution=resolution, steps=steps, labels=config.labels,
-                    temperature=config.temperature, precision=config.precision)
+                    temperature=config.temperature, precision=config.precision, augmentation=config.augmentation)
 
 
 def check_options(config: EvalConfig, set_dirs: Sequence[str | Path]) -> None:

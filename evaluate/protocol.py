@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import bf16_supported
-from rsdistill.evaluate.augment import augment
 from rsdistill.evaluate.networks import MODELS, build_network
+from rsdistill.evaluate.policies import DEFAULT_POLICY, Policy, check_policy
 
 LABELS = ("hard", "soft")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -46,7 +46,9 @@ class Protocol:
         steps: Optimiser steps (the cosine schedule reaches 0 at the last one).
         batch_size: Largest batch; the batch is min(batch_size, n).
         lr, momentum, weight_decay: SGD settings.
-        augment: Whether the per-image flips, rotations and crops are applied.
+        augment: Whether augmentation is applied at all (False: the ``none`` policy).
+        augmentation: The augmentation policy by name (`rsdistill.evaluate.policies.POLICIES`); the default
+            ``geometric`` is the benchmark's per-image flips, rotations and crops.
         labels: ``hard`` (cross-entropy with the set's labels) or ``soft`` (KL to the full-data teacher's
             predictions on each augmented batch, at `temperature`).
         temperature: Soft-label temperature.
@@ -62,6 +64,7 @@ class Protocol:
     weight_decay: float = 5e-4
     augment: bool = True
     labels: str = "hard"
+    augmentation: str = DEFAULT_POLICY
     temperature: float = 4.0
     precision: str = "auto"
 
@@ -72,6 +75,7 @@ class Protocol:
             raise RSDistillError(f"Evaluation labels must be one of {', '.join(LABELS)}, not {self.labels!r}.")
         if self.precision not in PRECISIONS:
             raise RSDistillError(f"Precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}.")
+        check_policy(self.augmentation)
         if self.steps < 1 or self.batch_size < 1 or self.resolution < 8:
             raise RSDistillError("Evaluation steps and batch size must be positive and the resolution >= 8.")
 
@@ -87,15 +91,27 @@ class Protocol:
         parts = [self.model, f"{self.resolution}px", f"{self.steps}steps", self.labels]
         if self.labels == "soft":
             parts[-1] = f"soft-T{self.temperature:g}"
-        if not self.augment:
+        if not self.augment or self.augmentation == "none":
             parts.append("noaug")
+        elif self.augmentation != DEFAULT_POLICY:
+            parts.append(f"aug-{self.augmentation}")
         if (self.batch_size, self.lr, self.momentum, self.weight_decay) != (64, 0.01, 0.9, 5e-4):
             parts.append(f"b{self.batch_size}-lr{self.lr:g}-m{self.momentum:g}-wd{self.weight_decay:g}")
         parts.append(self.precision)
         return "-".join(parts)
 
+    @property
+    def policy_name(self) -> str:
+        """The augmentation policy that training applies (``none`` when `augment` is off)."""
+        return self.augmentation if self.augment else "none"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The protocol's fields; `augmentation` only when it is not the default, so the reports and finished
+        stages of the benchmark's protocol keep their keys."""
+        fields = asdict(self)
+        if self.augmentation == DEFAULT_POLICY:
+            del fields["augmentation"]
+        return fields
 
 
 def keep_freed_memory() -> bool:
@@ -186,7 +202,7 @@ def _loss(
     if soft:
         log_p = F.log_softmax(logits / temperature, dim=1)
         return F.kl_div(log_p, target, reduction="batchmean") * temperature**2
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits, target)  # class indices, or probabilities (mixup, cutmix)
 
 
 class Trainer:
@@ -264,15 +280,15 @@ class Trainer:
         optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
         generator = torch.Generator().manual_seed(seed)
         soft = p.labels == "soft"
+        policy = Policy(p.policy_name, num_classes)
         progress = tqdm(batches(len(images), p.batch_size, p.steps, generator), total=p.steps, desc=desc,
                         leave=False, unit="step")
         for step, index in enumerate(progress):
             index = index.to(self.device)
-            x = self.normalizer(images[index])
-            if p.augment:
-                x = augment(x, generator)
+            x, target = policy(images[index], labels[index], self.normalizer, generator)
             x = self._layout(x)
-            target = self.soft_targets(teacher, x) if soft else labels[index]
+            if soft:
+                target = self.soft_targets(teacher, x)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(p.lr, step, p.steps)
             optimizer.zero_grad(set_to_none=True)

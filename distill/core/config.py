@@ -310,6 +310,8 @@ class EvalConfig:
         mia_samples: train and test images of the membership-inference attack
         clip_model: open_clip model for the clip metric: a name, hf-hub:ID or local-dir:PATH
         clip_pretrained: open_clip pretrained tag or checkpoint file (with a name)
+        augmentation: augmentation policy of the training: none, geometric (the benchmark's), geometric+colour,
+            randaugment, trivialaugment, mixup, cutmix or erasing (rsdistill.evaluate.policies)
         privacy_verdict: at the end of `rsdistill run`, judge whether the set is fit to share (near copies and
             membership attack against stated thresholds; report/privacy.json and a section of report.md)
     """
@@ -331,6 +333,7 @@ class EvalConfig:
     clip_model: str | None = None
     clip_pretrained: str | None = None
     privacy_verdict: bool = True
+    augmentation: str = "geometric"
 
 
 @dataclass
