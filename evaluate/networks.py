@@ -1,4 +1,5 @@
-"""Downstream classifiers: ConvNet-3 (docs/benchmark.md), ResNet-18 from scratch, pretrained EfficientNet-Lite0."""
+"""Downstream classifiers: ConvNet-3 (docs/benchmark.md), ResNet-18 from scratch (torchvision's, or the
+low-resolution instance-norm variant of the distillation literature), pretrained EfficientNet-Lite0."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from rsdistill.core.errors import RSDistillError
 
-MODELS = ("convnet3", "resnet18", "efficientnet-lite0")
+MODELS = ("convnet3", "resnet18", "resnet18-in", "efficientnet-lite0")
 
 
 class ConvNet(nn.Module):
@@ -34,6 +35,47 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.feature_dim = width * (resolution // 2**depth) ** 2
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block (two 3x3 convs, identity or 1x1 shortcut) with instance norm."""
+
+    def __init__(self, channels_in: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(channels, channels, affine=True)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(channels, channels, affine=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels, 1, stride, bias=False),
+                                          nn.GroupNorm(channels, channels, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18IN(nn.Module):
+    """ResNet-18 as the DC/DM/MTT code bases score sets at low resolution (their `ResNet18` with
+    ``instancenorm``): a 3x3 stride-1 stem without max-pool, four stages of two basic blocks (64, 128, 256,
+    512 channels, stride 2 from the second), instance norm as GroupNorm(channels, channels), global average
+    pool, one Linear layer."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.GroupNorm(64, 64), nn.ReLU()]
+        channels_in = 64
+        for index, channels in enumerate((64, 128, 256, 512)):
+            for block in range(2):
+                stride = 2 if index > 0 and block == 0 else 1
+                layers.append(BasicBlock(channels_in, channels, stride))
+                channels_in = channels
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -68,6 +110,8 @@ def build_network(name: str, num_classes: int, resolution: int = 64) -> nn.Modul
         from torchvision.models import resnet18
 
         return resnet18(num_classes=num_classes)
+    if name == "resnet18-in":
+        return ResNet18IN(num_classes)
     if name == "efficientnet-lite0":
         return efficientnet_lite0(num_classes)
     raise RSDistillError(f"Unknown evaluation model {name!r}; use one of {', '.join(MODELS)}.")
@@ -75,7 +119,7 @@ def build_network(name: str, num_classes: int, resolution: int = 64) -> nn.Modul
 
 def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Features just before the last linear layer, flattened to (N, D)."""
-    if isinstance(model, ConvNet):
+    if isinstance(model, ConvNet | ResNet18IN):
         return model.features(x)
     if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):  # torchvision ResNet
         head, model.fc = model.fc, nn.Identity()

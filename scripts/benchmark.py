@@ -6,7 +6,9 @@
 For every dataset and IPC it scores, by the one protocol (ConvNet-3, 500 steps, 3 runs): the distilled set
 (`rsdistill run` with `scripts/configs/<dataset>-ipc<k>.yaml`), the coresets random / herding / kcenter /
 kmeans (herding and k-center in the penultimate features of the `full` ConvNet-3, as docs/benchmark.md defines
-them; k-means medoids in the same space), and `full`. At IPC 10 it adds the ablations. Each scored item is
+them; k-means medoids in the same space), the peers dm and m3d (rsdistill.peers: a random real coreset refined
+by the dataset config's refinement with that method's objective; rows labelled "(from real images)", since such
+sets are not privacy-safe; docs/peers.md), and `full`. At IPC 10 it adds the ablations. Each scored item is
 kept as JSON under --work (a distilled item under a hash of its effective config, so a changed config is
 scored again), so an interrupted benchmark resumes and a partial one can be extended; the merged
 table goes to scripts/results/benchmark.{json,md} (no images) and, with --readme, into README.md.
@@ -19,7 +21,7 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,9 @@ from rsdistill.pipeline import base_settings
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
-METHODS = ("distilled", "random", "herding", "kcenter", "kmeans")
+CORESETS = ("random", "herding", "kcenter", "kmeans")
+PEERS = ("dm", "m3d")
+METHODS = ("distilled", *CORESETS, *PEERS)
 ABLATIONS: dict[str, list[str]] = {
     "no-consistency (lambda=0)": ["generator.consistency_lambda=0"],
     "aggregated captions (DPD) instead of class names": ["generator.prompts=captions"],
@@ -60,7 +64,10 @@ def config_tag(dataset: str, ipc: int, overrides: list[str]) -> str:
     (the preset's sizes and training precision): a changed config or preset is scored afresh."""
     config = replace(load_config(CONFIGS / f"{dataset}-ipc{ipc}.yaml", overrides), run_dir="", shared_dir=None)
     base = json.dumps(base_settings(config.generator, config.data.resolution), sort_keys=True)
-    return hashlib.sha256((dump_config(config) + base).encode()).hexdigest()[:10]
+    text = dump_config(config)
+    if config.refine.objective == "mean":  # the default, as before the setting existed: the same tag
+        text = text.replace("  objective: mean\n", "", 1)
+    return hashlib.sha256((text + base).encode()).hexdigest()[:10]
 
 
 def scored(path: Path, make: Any) -> dict[str, Any]:
@@ -134,6 +141,26 @@ def coresets(context: RunContext, methods: list[str], ipc: int, work: Path, eval
     if "random" in methods:
         results["random"] = {**accuracy_of(report, "baseline"), **common}
     return results
+
+
+def peer(context: RunContext, method: str, ipc: int, work: Path, config: RunConfig) -> dict[str, Any]:
+    """A peer's set (rsdistill.peers, from a random real coreset, refined as the dataset's config says) scored
+    by the benchmark protocol, with the wall time of making it."""
+    from rsdistill.peers import write_peer
+
+    out = work / context.dataset.name / f"ipc{ipc}" / "peers" / method
+    start = time.perf_counter()
+    set_dir = write_peer(replace(context, seed=config.seed), config.refine, out, method, ipc)
+    wall = time.perf_counter() - start
+    result = score_set(context, set_dir, config.evaluation, out / "report")
+    return {**result, "peer_wall_s": wall, "refine": asdict(config.refine), "from_real_images": True}
+
+
+def peer_label(method: str) -> str:
+    """A peer's row name: every table says the set starts from real images."""
+    from rsdistill.peers import FROM_REAL
+
+    return f"{method} {FROM_REAL}"
 
 
 def is_stale(dataset: str, ipc: str, method: str, item: dict[str, Any]) -> bool:
@@ -242,7 +269,13 @@ def main() -> None:
                 make = partial(distilled, name, ipc, args.work, [], "distilled")
                 made = scored(items / f"distilled-{config_tag(name, ipc, [])}.json", make)
                 record({f"{name}/{ipc}/distilled": made}, command, args.readme)
-            baselines = [m for m in args.methods if m != "distilled"]
+            for method in [m for m in args.methods if m in PEERS]:
+                peer_config = load_config(CONFIGS / f"{name}-ipc{ipc}.yaml")
+                make = partial(peer, context, method, ipc, args.work, peer_config)
+                refine_tag = hashlib.sha256(json.dumps(asdict(peer_config.refine), sort_keys=True).encode())
+                made = scored(items / f"peer-{method}-{refine_tag.hexdigest()[:10]}.json", make)
+                record({f"{name}/{ipc}/{peer_label(method)}": made}, command, args.readme)
+            baselines = [m for m in args.methods if m in CORESETS]
             if baselines:
                 make = partial(coresets, context, baselines, ipc, args.work, evaluation)
                 made = scored(items / f"coresets-{'-'.join(baselines)}.json", make)

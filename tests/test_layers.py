@@ -25,6 +25,7 @@ RANKS = {
     "captioning": 4,
     "synthesis": 5,
     "evaluate": 5,
+    "peers": 6,  # above synthesis, whose refinement every peer reuses
     "export": 6,
     "pipeline": 7,
     "cli": 8,

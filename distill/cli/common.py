@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("rsdistill.cli.synthesis", "generate the distilled set (stage 5)"),
     "refine": Command("rsdistill.cli.refine", "refine a set by distribution matching (stage 5b)"),
     "edit": Command("rsdistill.cli.edit", "edited copies of real train images through InstructPix2Pix"),
+    "peer": Command("rsdistill.cli.peer", "a peer method from real images (dm or m3d) as a set, not privacy-safe"),
     "evaluate": Command("rsdistill.cli.evaluate", "score sets by downstream training, with baselines and metrics"),
     "run": Command("rsdistill.cli.run", "run every stage from one config (skips done stages, resumes)"),
     "export": Command("rsdistill.cli.export", "a set as a Hugging Face dataset with its card, once its privacy allows"),
