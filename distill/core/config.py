@@ -269,6 +269,7 @@ class RefineConfig:
         teacher_width: channels of the teacher ConvNet
         teacher_weight: weight of the teacher's cross-entropy on the refined images
         mixed_precision: no or bf16: autocast for the matching networks (images, steps and loss stay fp32)
+        objective: mean (distribution matching: class means) or m3d (M3D: Gaussian-kernel MMD of the embeddings)
     """
 
     iterations: int = 150
@@ -283,6 +284,7 @@ class RefineConfig:
     teacher_width: int = 32
     teacher_weight: float = 1.0
     mixed_precision: str = "no"
+    objective: str = "mean"
 
 
 @dataclass

@@ -36,6 +36,7 @@ from rsdistill.data.imageset import read_image_set, read_records, sample_grid, w
 from rsdistill.generator.finetune_data import stream_seed
 from rsdistill.synthesis.matching_networks import Weights, embed, logits, random_weights, siamese_augment, train_teacher
 from rsdistill.synthesis.near_copy import NearestReal
+from rsdistill.synthesis.objectives import check_objective, matching_loss
 
 SET_FOLDER = "set"
 GRID_FILE = "sample_grid.png"
@@ -43,6 +44,7 @@ STATE_FILE = "refine_state.pt"
 STATS_SAMPLE = 4096
 TEACHER_BATCH = 128
 STEP_IPC = 10
+REFINED = {"mean": "distribution-matching", "m3d": "m3d"}  # the `refined` field of each image
 
 
 def step_size(config: RefineConfig, labels: Sequence[Any] | np.ndarray) -> float:
@@ -122,8 +124,9 @@ class DistributionMatcher:
 
     def loss(self, synthetic: torch.Tensor, labels: torch.Tensor, class_means: torch.Tensor,
              iteration: int) -> torch.Tensor:
-        """Sum over classes of the squared distance between real and synthetic mean embeddings, plus, with a
-        teacher, `teacher_weight` times its cross-entropy on the (augmented) synthetic images."""
+        """Sum over classes of `objective`'s distance between real and synthetic embeddings (``mean``: of their
+        means; see `rsdistill.synthesis.objectives`), plus, with a teacher, `teacher_weight` times its
+        cross-entropy on the (augmented) synthetic images."""
         generator = torch.Generator().manual_seed(stream_seed(self.seed, "refine-net", iteration))
         weights = [w.to(self.device) for w in random_weights(self.config.width, self.config.depth, generator)]
         augmentation = generator.get_state()
@@ -134,8 +137,8 @@ class DistributionMatcher:
             fake = self.embed(siamese_augment(synthetic, generator), weights).float()
             teacher_logits = (logits(siamese_augment(synthetic, generator), self.teacher).float()
                               if self.teacher is not None else None)
-        real_means = real.view(len(self.by_class), self.config.real_per_class, -1).mean(dim=1)
-        loss = (real_means - class_means @ fake).pow(2).sum()
+        real_by_class = real.view(len(self.by_class), self.config.real_per_class, -1)
+        loss = matching_loss(self.config.objective, real_by_class, fake, labels, class_means)
         if teacher_logits is not None:
             loss = loss + self.config.teacher_weight * F.cross_entropy(teacher_logits, labels)
         return loss
@@ -160,7 +163,17 @@ def check_refine(config: RefineConfig) -> None:
     for name in ("width", "depth", "real_per_class", "checkpoint_every"):
         if getattr(config, name) < 1:
             raise RSDistillError(f"refine.{name} must be at least 1, not {getattr(config, name)}.")
+    check_objective(config.objective)
     refine_autocast_dtype(config)
+
+
+def stage_settings(config: RefineConfig) -> dict[str, Any]:
+    """The settings a refine stage is identified by: the config's fields, `objective` only when it is not
+    ``mean`` (a set refined before the setting existed keeps its stage)."""
+    settings = asdict(config)
+    if settings["objective"] == "mean":
+        del settings["objective"]
+    return settings
 
 
 def refine_images(
@@ -225,7 +238,7 @@ def refine_images(
         teacher_report = matcher.train_teacher(progress)
         save_state(start_iteration)
     start = time.perf_counter()
-    bar = tqdm(range(start_iteration, config.iterations), desc="refining (distribution matching)",
+    bar = tqdm(range(start_iteration, config.iterations), desc=f"refining ({REFINED[config.objective]})",
                initial=start_iteration, total=config.iterations, disable=not progress, leave=False)
     for iteration in bar:
         loss = matcher.loss(synthetic, labels_t, class_means, iteration)
@@ -242,6 +255,7 @@ def refine_images(
         "iterations": config.iterations,
         "iterations_this_run": ran,
         "step_size": step,
+        "objective": config.objective,
         "seconds_per_iteration": round((time.perf_counter() - start) / ran, 4) if ran else None,
         "loss_first": losses[0] if losses else None,
         "loss_last_10_mean": round(float(np.mean(losses[-10:])), 4) if losses else None,
@@ -288,7 +302,7 @@ def refine_set(
         nearest = NearestReal.in_pixels16(real)
         nearest_keys, distances = nearest.query(refined)
         threshold = SynthesisConfig.near_copy_threshold
-        records = [{**record, "refined": "distribution-matching", "nearest_real": key,
+        records = [{**record, "refined": REFINED[config.objective], "nearest_real": key,
                     "nearest_real_distance": round(float(distance), 4)}
                    for record, key, distance in zip(image_set.records, nearest_keys, distances, strict=True)]
         stems = [Path(record["file_name"]).stem for record in image_set.records]
