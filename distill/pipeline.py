@@ -11,12 +11,19 @@ in a shared folder keyed by their fingerprint, so one generator trained per data
 A run holds the lock of its run folder (``<run_dir>/.rsdistill-run.lock``) from start to end and each stage the
 lock of its stage folder, so a second ``rsdistill run`` on the same folder stops with a message. Every setting
 is checked before the first stage starts (`Run.check_settings`), with the stages' own checks.
+
+Under ``accelerate launch`` or ``torchrun`` (`rsdistill.core.distributed`) every process runs this, and each
+stage is run the way it can be shared: fine-tuning data-parallel, synthesis and evaluation sharded (over
+prototypes, over training runs); the base generator, captions, prototypes, prompts and refinement run on the main
+process while the others wait. Launched plainly, it is one process as before.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from rsdistill.captioning.stage import check_captions
 from rsdistill.core.artifacts import Stage, fingerprint, read_manifest
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import GeneratorConfig, RunConfig, dump_config, to_dict
+from rsdistill.core.distributed import Processes, build_stage, processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.lock import FolderLock
 from rsdistill.core.runtime import resolve_device, seed_everything
@@ -41,9 +49,10 @@ from rsdistill.generator.scratch import init_scratch
 from rsdistill.prototypes import run_prototypes
 from rsdistill.prototypes.checks import check_ipc
 from rsdistill.prototypes.encoders import load_encoder
+from rsdistill.prototypes.kmeans import faiss_gpu
 from rsdistill.synthesis.near_copy import DEFAULT_SPACE
 from rsdistill.synthesis.refine import check_refine, refine_set
-from rsdistill.synthesis.synthesize import sampler_settings, synthesize
+from rsdistill.synthesis.synthesize import folder_fingerprint, sampler_settings, synthesize
 
 SPLIT_FILE = "split-test.txt"
 RUN_LOCK = ".rsdistill-run.lock"
@@ -70,6 +79,7 @@ class Run:
         shared_root = Path(config.shared_dir) if config.shared_dir else self.run_dir.parent / "shared"
         self.shared = shared_root / slug(self.dataset)
         self.timings: dict[str, dict[str, Any]] = {}
+        self.procs = processes(config.device)
 
     def shared_path(self, name: str, config: Any, inputs: dict[str, str]) -> Path:
         return self.shared / f"{name}-{fingerprint(name, config, inputs)}"
@@ -89,6 +99,7 @@ class Run:
         if g.prompts == "captions":
             check_captions(config.captions, config.device)
         check_ipc(self.dataset.class_counts("train"), config.prototypes.ipc, "prototypes.ipc")
+        faiss_gpu(config.prototypes.faiss_device)
         for spec in (config.prototypes.encoder, config.synthesis.near_copy_space):
             if spec not in ("vae", DEFAULT_SPACE):
                 load_encoder(spec, device=config.device)
@@ -118,8 +129,7 @@ class Run:
         stage = Stage(folder.parent, folder.name, settings, inputs, family="base")
         if not stage.done:
             print(f"[base] building into {folder}")
-            with stage.build() as work:
-                self._build_base(work)
+            build_alone(self.procs, stage, self._build_base)
         self.record("base", folder)
         bundle = Path(g.pretrained_model_name_or_path) if g.pretrained_model_name_or_path else folder
         return bundle, folder / CLASSIFIER_FOLDER
@@ -142,7 +152,7 @@ class Run:
         settings = to_dict(self.config.captions)
         inputs = {"data": self.dataset.fingerprint, "resolution": str(self.config.data.resolution)}
         folder = self.shared_path("captions", settings, inputs)
-        run_captions(self.context, self.config.captions, folder)
+        self.procs.on_main(lambda: run_captions(self.context, self.config.captions, folder))
         self.record("captions", folder)
         return folder
 
@@ -157,7 +167,7 @@ class Run:
         stage = Stage(folder.parent, folder.name, settings, inputs, family="generator")
         if not stage.done:
             print(f"[generator] training into {folder} (resumes from its latest checkpoint)")
-            with stage.build() as work:
+            with build_stage(stage, self.procs) as work:
                 training = replace(g, pretrained_model_name_or_path=str(base), output_dir=str(work),
                                    captions=str(captions) if captions else None, latent_classifier=str(classifier),
                                    resume_from_checkpoint="latest")
@@ -166,15 +176,16 @@ class Run:
         return folder
 
     def prototypes(self, bundle: Path) -> Path:
-        folder = run_prototypes(self.context, self.config.prototypes, self.run_dir / "prototypes", vae=str(bundle))
+        folder = self.procs.on_main(lambda: run_prototypes(self.context, self.config.prototypes,
+                                                           self.run_dir / "prototypes", vae=str(bundle)))
         self.record("prototypes", folder)
         return folder
 
     def prompts(self, prototypes: Path, captions: Path | None) -> Path | None:
         if self.config.generator.prompts != "captions":
             return None
-        folder = run_captions(self.context, self.config.captions, self.run_dir / "prompts", prototypes=prototypes,
-                              captions_from=captions)
+        folder = self.procs.on_main(lambda: run_captions(self.context, self.config.captions, self.run_dir / "prompts",
+                                                         prototypes=prototypes, captions_from=captions))
         self.record("prompts", folder)
         return folder
 
@@ -202,11 +213,17 @@ class Run:
 
         out = self.run_dir / "report"
         evaluation = with_privacy_attack(self.config.evaluation)
-        report = evaluate_sets(self.context, evaluation, out, [set_dir])
-        if evaluation.privacy_verdict:
-            generator = self.timings.get("generator", {}).get("folder")
-            record_verdict(self.context, evaluation, set_dir, out, report, space=self.config.synthesis.near_copy_space,
-                           generator=generator)
+        if not evaluation.privacy_verdict:
+            evaluate_sets(self.context, evaluation, out, [set_dir])
+            return out
+        generator = self.timings.get("generator", {}).get("folder")
+        space = self.config.synthesis.near_copy_space
+
+        def verdict(report: dict[str, Any], work: Path) -> None:
+            record_verdict(self.context, evaluation, set_dir, work, report, space=space, generator=generator)
+
+        inputs = {"verdict_space": space, "verdict_generator": folder_fingerprint(generator)}
+        evaluate_sets(self.context, evaluation, out, [set_dir], inputs=inputs, finish=verdict)
         return out
 
 
@@ -231,6 +248,16 @@ def base_settings(g: GeneratorConfig, resolution: int) -> dict[str, Any]:
     return settings
 
 
+def build_alone(procs: Processes, stage: Stage, make: Callable[[Path], None]) -> None:
+    """Builds `stage` with `make(work)` on the main process while the others wait (what is not split)."""
+
+    def build() -> None:
+        with stage.build() as work:
+            make(work)
+
+    procs.on_main(build)
+
+
 def fingerprint_of(folder: Path | None) -> str:
     """The fingerprint recorded in a finished stage folder (its manifest), or 'none'."""
     if folder is None:
@@ -249,7 +276,9 @@ def run_pipeline(config: RunConfig, evaluate: bool = True) -> Path:
         RSDistillError: When another command holds the run folder, or a setting is refused (before any stage).
     """
     seed_everything(config.seed)
-    with run_lock(Path(config.run_dir)).held():
+    with ExitStack() as stack:
+        if processes(config.device).is_main:  # under a launcher, the main process holds the lock for all
+            stack.enter_context(run_lock(Path(config.run_dir)).held())
         run = Run(config)
         run.check_settings(evaluate)
         return run_stages(run, evaluate)
@@ -259,7 +288,8 @@ def run_stages(run: Run, evaluate: bool) -> Path:
     """Every stage of `run` in order, skipping what is done."""
     config = run.config
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.run_dir / "config.yaml", dump_config(config))
+    if run.procs.is_main:
+        write_text_atomic(run.run_dir / "config.yaml", dump_config(config))
     start = time.perf_counter()
     base, classifier = run.base_generator()
     captions = run.image_captions()
@@ -268,8 +298,9 @@ def run_stages(run: Run, evaluate: bool) -> Path:
     prompts = run.prompts(prototypes, captions)
     set_dir = run.refinement(run.synthesis(bundle, prototypes, prompts))
     distill_wall = time.perf_counter() - start
-    write_text_atomic(run.run_dir / "stages.json", json.dumps(
-        {"stages": run.timings, "wall_time_s_this_invocation": round(distill_wall, 1)}, indent=2))
+    if run.procs.is_main:
+        write_text_atomic(run.run_dir / "stages.json", json.dumps(
+            {"stages": run.timings, "wall_time_s_this_invocation": round(distill_wall, 1)}, indent=2))
     print(f"distilled set: {set_dir}")
     if not evaluate:
         return set_dir

@@ -101,9 +101,6 @@ class Evaluation:
         real = np.asarray(self.train.images)
         return fixed(np.concatenate([real, images]), np.concatenate([self.train.labels, labels]))
 
-    def score(self, draw: Draw, desc: str, keep_first: bool) -> Score:
-        return self.scorer.score(draw, self.seeds, desc=desc, keep_first=keep_first)
-
     def accuracy_row(self, score: Score) -> dict[str, Any]:
         row: dict[str, Any] = {"accuracy": {k: getattr(score, k) for k in ("mean", "std", "runs", "seeds")},
                                "n_train": score.n_train,

@@ -24,6 +24,23 @@ Draw = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
+class Run:
+    """One seeded training run: its test accuracy (percent), the set's size, its seconds and its model."""
+
+    seed: int
+    accuracy: float
+    n_train: int
+    train_s: float
+    test_s: float
+    compile_s: float
+    model: nn.Module | None = field(default=None, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        """What a report keeps of the run (the model aside)."""
+        return {key: getattr(self, key) for key in ("seed", "accuracy", "n_train", "train_s", "test_s", "compile_s")}
+
+
+@dataclass
 class Score:
     """Accuracy of one training set over seeded runs (percent, population std)."""
 
@@ -177,36 +194,36 @@ class Scorer:
             keep_first: Keep the first run's model on the result (for the membership-inference attack).
         """
         start = time.perf_counter()
-        compile_s = 0.0
-        runs, train_s, test_s = [], [], []
-        first = None
-        n_train = 0
-        for i, seed in enumerate(seeds):
-            images, labels = draw(seed)
-            n_train = len(images)
-            compile_s += self.warmup(n_train)
-            t0 = time.perf_counter()
-            model = self.train(images, labels, seed, desc=f"{desc} run {i + 1}/{len(seeds)}")
-            t1 = time.perf_counter()
-            runs.append(self.test_accuracy(model))
-            test_s.append(time.perf_counter() - t1)
-            train_s.append(t1 - t0)
-            if keep_first and first is None:
-                first = model
-        values = np.asarray(runs)
+        runs = [self.run(draw, seed, f"{desc} run {i + 1}/{len(seeds)}") for i, seed in enumerate(seeds)]
+        score = self.summary(runs, seeds, time.perf_counter() - start)
+        score.first_model = runs[0].model if keep_first and runs else None
+        return score
+
+    def run(self, draw: Draw, seed: int, desc: str = "training") -> Run:
+        """One seeded run: a classifier trained on `draw(seed)` and tested on the real test split."""
+        images, labels = draw(seed)
+        compile_s = self.warmup(len(images))
+        t0 = time.perf_counter()
+        model = self.train(images, labels, seed, desc=desc)
+        t1 = time.perf_counter()
+        accuracy = self.test_accuracy(model)
+        return Run(seed, accuracy, len(images), t1 - t0, time.perf_counter() - t1, compile_s, model)
+
+    def summary(self, runs: Sequence[Run], seeds: Sequence[int], wall_s: float) -> Score:
+        """The score of `runs` (one per seed, in the order of `seeds`), by this scorer's protocol."""
+        values = np.asarray([run.accuracy for run in runs])
         return Score(
             mean=float(values.mean()),
             std=float(values.std()),
-            runs=[float(v) for v in runs],
+            runs=[float(run.accuracy) for run in runs],
             seeds=list(seeds),
-            n_train=n_train,
+            n_train=runs[-1].n_train if runs else 0,
             protocol=self.protocol.to_dict(),
             protocol_label=self.protocol.label,
-            train_s=train_s,
-            test_s=test_s,
-            compile_s=compile_s,
-            wall_s=time.perf_counter() - start,
-            first_model=first,
+            train_s=[run.train_s for run in runs],
+            test_s=[run.test_s for run in runs],
+            compile_s=sum(run.compile_s for run in runs),
+            wall_s=wall_s,
         )
 
 

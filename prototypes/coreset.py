@@ -22,7 +22,7 @@ from rsdistill.data.imageset import check_set_destination, write_image_set
 from rsdistill.prototypes.checks import check_ipc, note_small_classes
 from rsdistill.prototypes.encoders import load_encoder
 from rsdistill.prototypes.features import encode_split
-from rsdistill.prototypes.kmeans import cluster
+from rsdistill.prototypes.kmeans import cluster, faiss_gpu
 from rsdistill.prototypes.representatives import choose_representatives
 
 METHODS = ("random", "herding", "kcenter", "kmeans")
@@ -71,6 +71,7 @@ def select_coreset(
     classes: Sequence[str] | None = None,
     niter: int = 25,
     nredo: int = 1,
+    gpu: bool | None = None,
 ) -> np.ndarray:
     """Indices (into `labels`) of `ipc` samples per class, class by class in label order.
 
@@ -83,6 +84,7 @@ def select_coreset(
         keys: Sample keys (k-means tie rule); default the indices' order.
         classes: Class names for messages; default ``class <label>``.
         niter, nredo: k-means iterations and restarts.
+        gpu: Run k-means on the GPU (None: when faiss sees one; see `faiss_gpu`).
     """
     if method not in METHODS:
         raise RSDistillError(f"Unknown coreset method {method!r}; use one of {', '.join(METHODS)}.")
@@ -109,7 +111,7 @@ def select_coreset(
             picks = kcenter(features[members], ipc)
         else:
             member_keys = [keys[i] for i in members]
-            clustering = cluster(features[members], member_keys, ipc, niter=niter, nredo=nredo, seed=seed)
+            clustering = cluster(features[members], member_keys, ipc, niter=niter, nredo=nredo, seed=seed, gpu=gpu)
             picks, _ = choose_representatives(clustering, member_keys, "medoid")
         selected.append(members[np.asarray(picks, dtype=np.int64)])
     return np.concatenate(selected)
@@ -159,6 +161,7 @@ def write_coreset(
         classes=dataset.classes,
         niter=config.niter,
         nredo=config.nredo,
+        gpu=faiss_gpu(config.faiss_device) if method == "kmeans" else None,
     )
     chosen = images.subset(index)
     records = [

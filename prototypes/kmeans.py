@@ -11,8 +11,11 @@ import faiss
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from rsdistill.core.errors import RSDistillError
+
 # faiss warns when a clustering gets fewer points than this per centroid; we say so once ourselves instead.
 FAISS_MIN_POINTS_PER_CENTROID = 39
+FAISS_DEVICES = ("auto", "cpu", "gpu")
 
 
 @dataclass
@@ -42,6 +45,25 @@ class Clustering:
 
 def faiss_has_gpu() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def faiss_gpu(setting: str = "auto") -> bool:
+    """Whether k-means runs on the GPU for the ``prototypes.faiss_device`` setting: ``auto`` when faiss sees a
+    GPU (faiss-gpu installed and a CUDA device), ``cpu`` never, ``gpu`` always.
+
+    Raises:
+        RSDistillError: For an unknown setting, or ``gpu`` where faiss sees none.
+    """
+    if setting not in FAISS_DEVICES:
+        raise RSDistillError(f"prototypes.faiss_device {setting!r} is unknown; use {', '.join(FAISS_DEVICES)}.")
+    if setting == "cpu":
+        return False
+    if setting == "gpu" and not faiss_has_gpu():
+        raise RSDistillError(
+            "prototypes.faiss_device gpu: faiss sees no GPU (faiss-cpu is installed, or there is no CUDA device). "
+            'Install faiss-gpu (pip install -e ".[gpu]") on a GPU machine, or use faiss_device auto or cpu.'
+        )
+    return faiss_has_gpu()
 
 
 def faiss_kmeans(

@@ -15,7 +15,7 @@ from rsdistill.data.context import RunContext
 from rsdistill.prototypes.checks import check_ipc, note_small_classes
 from rsdistill.prototypes.encoders import load_encoder
 from rsdistill.prototypes.features import Features, encode_split
-from rsdistill.prototypes.kmeans import cluster
+from rsdistill.prototypes.kmeans import cluster, faiss_gpu
 from rsdistill.prototypes.representatives import RULES, choose_representatives
 from rsdistill.prototypes.schema import Prototype, PrototypeSet
 
@@ -24,6 +24,15 @@ def class_indices(features: Features, label: int) -> np.ndarray:
     """Indices of one class's samples, ordered by key."""
     members = np.flatnonzero(features.labels == label)
     return members[np.argsort([features.keys[i] for i in members], kind="stable")]
+
+
+def stage_settings(config: PrototypeConfig) -> dict[str, object]:
+    """The settings that identify a prototypes stage: all of them, `faiss_device` only when it is forced (so the
+    stages made before the setting existed stay valid)."""
+    settings = asdict(config)
+    if settings["faiss_device"] == "auto":
+        del settings["faiss_device"]
+    return settings
 
 
 def build_prototypes(
@@ -51,13 +60,14 @@ def build_prototypes(
     counts = {name: int(np.sum(features.labels == label)) for label, name in enumerate(classes)}
     check_ipc(counts, config.ipc)
     note_small_classes(counts, config.ipc)
+    gpu = faiss_gpu(config.faiss_device)
     prototypes: list[Prototype] = []
     centroids, representatives = [], []
     for label, name in enumerate(classes):
         index = class_indices(features, label)
         x = features.features[index]
         keys = [features.keys[i] for i in index]
-        clustering = cluster(x, keys, config.ipc, niter=config.niter, nredo=config.nredo, seed=seed)
+        clustering = cluster(x, keys, config.ipc, niter=config.niter, nredo=config.nredo, seed=seed, gpu=gpu)
         chosen, scores = choose_representatives(clustering, keys, config.rule, config.alpha)
         for j in range(config.ipc):
             members = np.flatnonzero(clustering.assignment == j)
@@ -109,6 +119,7 @@ def run_prototypes(
     """
     dataset, seed, resolution = context.dataset, context.seed, context.resolution
     check_ipc(dataset.class_counts("train"), config.ipc)
+    faiss_gpu(config.faiss_device)  # refused before anything is encoded
     spec = f"vae:{vae}" if config.encoder == "vae" and vae else config.encoder
     config = PrototypeConfig(**{**asdict(config), "encoder": spec})
     encoder = load_encoder(
@@ -118,7 +129,7 @@ def run_prototypes(
     stage = Stage(
         out.parent,
         out.name,
-        config={**asdict(config), "seed": seed, "resolution": resolution},
+        config={**stage_settings(config), "seed": seed, "resolution": resolution},
         inputs={"data": dataset.fingerprint, "encoder": encoder.id},
         overwrite=context.overwrite,
     )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rsdistill.core.artifacts import Stage, require_done
+from rsdistill.core.artifacts import Stage, add_files, foreign_content, require_done
 from rsdistill.core.errors import RSDistillError
 
 
@@ -49,3 +49,15 @@ def test_partial_work_of_other_settings_is_set_aside(tmp_path: Path) -> None:
 def test_require_done_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(RSDistillError, match=str(tmp_path)):
         require_done(tmp_path, "prototypes")
+
+
+def test_a_file_added_to_a_finished_stage_by_a_later_command_keeps_it_ours(tmp_path: Path) -> None:
+    stage = Stage(tmp_path, "report", {"runs": 3}, {"set": "abc"})
+    with stage.build() as work:
+        (work / "report.json").write_text("{}")
+    (stage.path / "privacy.json").write_text("{}")  # what rsdistill export writes into a run's report
+    assert "privacy.json" in (foreign_content(stage.path) or "")
+    add_files(stage.path, "privacy.json")
+    assert foreign_content(stage.path) is None and stage.done
+    add_files(tmp_path, "x")  # no manifest: left alone
+    assert not (tmp_path / "manifest.json").exists()

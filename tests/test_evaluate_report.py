@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,43 @@ def test_real_ucmerced_set_is_scored_on_the_whole_test_split(tmp_path: Path) -> 
     report = evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION), config, None, [set_dir])
     assert [r["n_train"] for r in report["rows"]] == [21, 21]
     assert report["real_train_bytes"] > 0 and 0 < report["rows"][0]["storage_ratio"] < 0.01
+
+
+def test_report_folder_is_a_stage_that_resumes_from_finished_runs(
+    make_imagefolder: MakeFolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = fake_dataset(make_imagefolder)
+    set_dir = set_from_train(dataset, tmp_path / "s", 1)
+    config = EvalConfig(steps=2, runs=3, compile=False, precision="fp32", baselines=["random"], metrics=["mia"])
+    context = RunContext.of(dataset, resolution=RESOLUTION)
+    reference = evaluate_sets(context, config, None, [set_dir])
+    original, seeds = Scorer.run, []
+
+    def interrupted_after_four(self: Scorer, *args: object, **kwargs: object) -> object:
+        if len(seeds) == 4:
+            raise RuntimeError("interrupted")
+        seeds.append(args[1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scorer, "run", interrupted_after_four)
+    out = tmp_path / "report"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        evaluate_sets(context, config, out, [set_dir])
+    assert len(list((tmp_path / ".report.partial" / "runs").rglob("seed-*.json"))) == 4
+    seeds.clear()
+    monkeypatch.setattr(Scorer, "run", lambda self, *a, **k: seeds.append(a[1]) or original(self, *a, **k))
+    report = evaluate_sets(context, config, out, [set_dir])
+    assert seeds == [1, 2]  # the random baseline's last two runs; the set's three and its first were kept
+    assert [row["accuracy"] for row in report["rows"]] == [row["accuracy"] for row in reference["rows"]]
+    assert report["rows"][0]["metrics"]["mia"] == reference["rows"][0]["metrics"]["mia"]  # first model reloaded
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not any(name.startswith("runs/") for name in manifest["files"])
+    seeds.clear()
+    assert evaluate_sets(context, config, out, [set_dir])["rows"] == report["rows"] and seeds == []  # kept
+    with pytest.raises(RSDistillError, match="--overwrite"):
+        evaluate_sets(RunContext.of(dataset, resolution=RESOLUTION, overwrite=False), replace(config, runs=2), out,
+                      [set_dir])
+    lake = next((set_dir / "lake").iterdir())
+    lake.write_bytes(next((set_dir / "forest").iterdir()).read_bytes())  # the set changed: it is scored again
+    evaluate_sets(context, config, out, [set_dir])
+    assert len(seeds) == 6

@@ -18,8 +18,9 @@ from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import default_cache_root
 from rsdistill.data.sources import load_dataset
 from rsdistill.prototypes import Features, build_prototypes, cluster, load_prototypes, run_prototypes
-from rsdistill.prototypes.kmeans import Clustering
+from rsdistill.prototypes.kmeans import Clustering, faiss_gpu, faiss_has_gpu
 from rsdistill.prototypes.representatives import choose_representatives
+from rsdistill.prototypes.stage import stage_settings
 from tests.prototypes_helpers import blobs
 
 
@@ -190,3 +191,15 @@ def test_cli_prototypes(
 def test_load_prototypes_explains_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(RSDistillError, match="rsdistill prototypes"):
         load_prototypes(tmp_path)
+
+
+def test_faiss_device_setting() -> None:
+    assert faiss_gpu("cpu") is False and faiss_gpu("auto") == faiss_has_gpu()
+    with pytest.raises(RSDistillError, match="faiss_device 'tpu'"):
+        faiss_gpu("tpu")
+    if not faiss_has_gpu():
+        with pytest.raises(RSDistillError, match="faiss-gpu"):
+            faiss_gpu("gpu")
+    # `auto` leaves the stage's settings as they were before the setting existed; a forced device is recorded
+    assert "faiss_device" not in stage_settings(PrototypeConfig())
+    assert stage_settings(PrototypeConfig(faiss_device="cpu"))["faiss_device"] == "cpu"

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import rsdistill.synthesis.synthesize as synthesis
@@ -275,71 +273,3 @@ def test_command_line(
     assert len(list((tmp_path / "cli" / "set").rglob("*.png"))) == 6
     assert main([*common, "--ipc", "3", "--out", str(tmp_path / "bad")]) == 2
     assert "IPC 3" in capsys.readouterr().err
-
-
-class TwoProcesses:
-    """Stands in for accelerate's PartialState: two ranks run as threads and meet at a barrier."""
-
-    barrier = threading.Barrier(2)
-    rank = threading.local()
-    num_processes = 2
-    device = torch.device("cpu")
-
-    @property
-    def process_index(self) -> int:
-        return self.rank.value
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.rank.value == 0
-
-    def wait_for_everyone(self) -> None:
-        self.barrier.wait(timeout=300)
-
-
-def one_at_a_time(function, lock: threading.Lock):
-    def locked(*args):
-        with lock:
-            return function(*args)
-
-    return locked
-
-
-def test_processes_take_disjoint_shares_and_the_main_one_merges(
-    tmp_path: Path, reference: Path, dataset, bundle_dir, prototypes_dir, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(synthesis, "PartialState", TwoProcesses)
-    written: dict[int, list[str]] = {0: [], 1: []}
-    original = synthesis.save_progress
-
-    def record_rank(work, target, *args):
-        written[TwoProcesses.rank.value].append(target.id)
-        original(work, target, *args)
-
-    monkeypatch.setattr(synthesis, "save_progress", record_rank)
-    lock = threading.Lock()
-    for name in ("load_bundle", "load_classifier"):  # from_pretrained's meta-device init is not thread-safe
-        monkeypatch.setattr(synthesis, name, one_at_a_time(getattr(synthesis, name), lock))
-    errors = []
-
-    def rank(value: int) -> None:
-        TwoProcesses.rank.value = value
-        try:
-            synthesize(RunContext.of(dataset, seed=3), CONFIG, tmp_path / "multi", bundle_dir, prototypes_dir, None,
-                       ipc=2)
-        except BaseException as error:  # surfaced below; a thread would swallow it
-            errors.append(error)
-            TwoProcesses.barrier.abort()
-
-    threads = [threading.Thread(target=rank, args=(value,)) for value in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert written == {0: ["forest/0", "lake/0", "town/0"], 1: ["forest/1", "lake/1", "town/1"]}
-    lines = (tmp_path / "multi" / "set" / "metadata.jsonl").read_text().splitlines()
-    assert [(json.loads(a)["seed"], json.loads(a)["candidate"]) for a in lines] == [
-        (json.loads(b)["seed"], json.loads(b)["candidate"])
-        for b in (reference / "set" / "metadata.jsonl").read_text().splitlines()
-    ]

@@ -61,5 +61,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_overwrite_flag(parser, "an image set")
     add_config_flags(parser, "seed", "device", "data", "prototypes.niter", "prototypes.nredo", "prototypes.pool",
-                     "prototypes.batch_size", "prototypes.encoder_size")
+                     "prototypes.batch_size", "prototypes.encoder_size", "prototypes.faiss_device")
     parser.set_defaults(func=cmd_coreset)

@@ -337,6 +337,17 @@ class Stage:
         write_text_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2, default=str))
 
 
+def add_files(folder: str | Path, *names: str) -> None:
+    """Lists files a later command wrote into a finished stage folder (a privacy verdict in a report folder)
+    in its manifest, so the folder stays one rsdistill may replace; a folder without a manifest is left alone."""
+    manifest = read_manifest(folder)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get(FILES_KEY), list):
+        return
+    listed = sorted({str(name) for name in manifest[FILES_KEY]} | set(names))
+    if listed != manifest[FILES_KEY]:
+        write_text_atomic(Path(folder) / MANIFEST, json.dumps({**manifest, FILES_KEY: listed}, indent=2, default=str))
+
+
 def require_done(folder: str | Path, stage: str) -> dict[str, Any]:
     """The manifest of a finished stage folder given by the user, or a clear error."""
     manifest = read_manifest(folder)

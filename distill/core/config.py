@@ -69,6 +69,7 @@ class PrototypeConfig:
         pool: latent grid of the vae encoder
         batch_size: images per encoder batch
         encoder_size: resize images to this side before an image network (None: the resolution, or its fixed size)
+        faiss_device: where k-means runs: auto (the GPU when faiss-gpu sees one), cpu, or gpu (refused without one)
     """
 
     encoder: str = "vae"
@@ -80,6 +81,7 @@ class PrototypeConfig:
     pool: int = 4
     batch_size: int = 256
     encoder_size: int | None = None
+    faiss_device: str = "auto"
 
 
 @dataclass

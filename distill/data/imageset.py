@@ -13,6 +13,7 @@ folder is replaced only when it is one of ours: nothing in it but `metadata.json
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -231,6 +232,23 @@ def check_class_names(set_classes: set[str], classes: list[str], where: Path) ->
         if absent:
             parts.append(f"missing from the set: {', '.join(absent)}")
         raise RSDistillError(f"Class names of {where} do not match the dataset ({'; '.join(parts)}).")
+
+
+def set_digest(set_dir: str | Path) -> str:
+    """Hash of a set's metadata and image bytes: tells whether a record (a report, a verdict) is about this very
+    set."""
+    set_dir = Path(set_dir)
+    if not set_dir.is_dir():
+        raise RSDistillError(f"Image set {set_dir} does not exist.")
+    records = read_records(set_dir)
+    digest = hashlib.sha256((set_dir / METADATA).read_bytes())
+    for record in records:
+        image = set_dir / record["file_name"]
+        if not image.is_file():
+            raise RSDistillError(f"{set_dir / METADATA} lists {record['file_name']}, which is not in {set_dir}. "
+                                 "Restore the image or remove its line.")
+        digest.update(image.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def read_image_set(set_dir: str | Path, classes: list[str], resolution: int | None = None) -> ImageSet:

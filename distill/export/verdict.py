@@ -20,7 +20,6 @@ provenance of the set and stays in the run folder. What an export shows is
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from rsdistill.core.artifacts import add_files
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import EvalConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.context import RunContext
-from rsdistill.data.imageset import read_image_set, read_records
+from rsdistill.data.imageset import read_image_set, set_digest
 from rsdistill.evaluate.evaluation import evaluate_sets
 from rsdistill.evaluate.privacy import balanced_sample
 from rsdistill.export.thresholds import Thresholds
@@ -44,14 +44,6 @@ DEFAULT_THRESHOLDS = Thresholds()
 REFERENCE_SAMPLES = 2000  # real test images whose nearest-train distances make the reference distribution
 QUERY_CHUNK = 512
 
-
-
-def set_digest(set_dir: Path) -> str:
-    """Hash of a set's metadata and image bytes: tells whether a recorded verdict is about this very set."""
-    digest = hashlib.sha256((set_dir / "metadata.jsonl").read_bytes())
-    for record in read_records(set_dir):
-        digest.update((set_dir / record["file_name"]).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def nearest(index: NearestReal, images: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -214,6 +206,7 @@ def record_verdict(
     text = markdown.read_text() if markdown.is_file() else ""
     text = text.split(SECTION_TITLE, 1)[0].rstrip("\n")
     write_text_atomic(markdown, (text + "\n\n" if text else "") + verdict_section(privacy))
+    add_files(report_dir, PRIVACY_FILE, markdown.name)  # a finished report folder stays one rsdistill may replace
     state = "fit to share" if privacy["verdict"]["safe"] else "NOT fit to share"
     print(f"privacy verdict: {state} ({report_dir / PRIVACY_FILE})")
     return privacy

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import GeneratorConfig
+from rsdistill.core.distributed import Processes, processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import autocast_dtype
 from rsdistill.data.context import RunContext
@@ -90,17 +91,22 @@ def diffusion_loss(
     return (per_sample * min_snr_weights(scheduler, timesteps, snr_gamma)).mean()
 
 
-def _accelerator(config: GeneratorConfig) -> Accelerator:
+def _accelerator(config: GeneratorConfig, procs: Processes) -> Accelerator:
     # Accelerate keeps one AcceleratorState per process; a second run in the same process (a pipeline, a
     # benchmark) may ask for another precision or accumulation, so the per-run part is cleared (the
-    # distributed set-up, PartialState, is kept).
+    # distributed set-up, PartialState, is kept). Under a launcher, `processes` has set it up already, on the
+    # CPU or one GPU per process; launched plainly, accelerate picks the device as it always did.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     try:
-        return Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                           mixed_precision=config.mixed_precision)
+        accelerator = Accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                  mixed_precision=config.mixed_precision, cpu=procs.distributed and procs.cpu)
     except ValueError as error:
         raise RSDistillError(f"--mixed_precision {config.mixed_precision}: {error}") from None
+    if accelerator.num_processes != procs.count:
+        raise RSDistillError(f"accelerate runs {accelerator.num_processes} process(es) where the launch started "
+                             f"{procs.count}; launch with ACCELERATE_USE_CPU=1 on a machine without GPUs.")
+    return accelerator
 
 
 @dataclass
@@ -173,7 +179,9 @@ def finetune(context: RunContext, config: GeneratorConfig, bundle: DiffusionBund
 
     Args:
         context: The dataset (its train split at the context's resolution), the image cache and the seed of
-            batches, noise, timesteps, caption dropout and the LoRA initialisation.
+            batches, noise, timesteps, caption dropout and the LoRA initialisation. Under ``accelerate launch``
+            or ``torchrun`` the processes train one model data-parallel (`rsdistill.core.distributed`); a
+            launch this machine cannot serve is refused before any work.
         config: The generator settings (`pretrained_model_name_or_path` is the starting bundle, `output_dir`
             where the result goes).
         bundle: The starting bundle, already loaded (None: loaded from `config.pretrained_model_name_or_path`).
@@ -192,7 +200,7 @@ def finetune(context: RunContext, config: GeneratorConfig, bundle: DiffusionBund
     bundle.class_labels(1)  # a UNet that needs class labels without a value is refused before any work
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = _accelerator(config)
+    accelerator = _accelerator(config, processes(context.device))
     settings = resume_settings(config, context)
     resume = find_resume_point(output_dir, config.resume_from_checkpoint, settings)
     try:
@@ -208,7 +216,9 @@ def finetune(context: RunContext, config: GeneratorConfig, bundle: DiffusionBund
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         export(bundle, accelerator.unwrap_model(trainer.unet), config, output_dir, trainer.encoder.truncated)
-    accelerator.end_training()
+    # No `accelerator.end_training()`: there are no trackers to stop, and it would tear down the process group
+    # the later stages of a launched `rsdistill run` still use.
+    accelerator.wait_for_everyone()
     return output_dir
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from rsdistill.core.artifacts import Stage
 from rsdistill.core.atomic import replace_atomically
 from rsdistill.core.config import RefineConfig, SynthesisConfig
+from rsdistill.core.distributed import processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import autocast_dtype, resolve_device
 from rsdistill.data.context import RunContext
@@ -280,7 +281,13 @@ def refine_set(
         out: The stage folder; a finished one with the same settings and inputs is kept.
         set_dir: A set in the common format (the synthesis stage's `set/`).
         inputs: What identifies the set (e.g. the synthesis stage's fingerprint); default: the folder path.
+
+    Under ``accelerate launch`` or ``torchrun`` the main process refines while the others wait: every iteration
+    draws one network and one augmentation for the whole set, so the classes are not split (see docs/scaling.md).
     """
+    procs = processes(context.device)
+    if procs.distributed:
+        return procs.on_main(lambda: refine_set(context, config, out, set_dir, inputs))
     dataset, seed, resolution = context.dataset, context.seed, context.resolution
     check_refine(config)
     out = Path(out)

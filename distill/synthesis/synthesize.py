@@ -11,8 +11,10 @@ and when every candidate is one, a new round of candidates with fresh seeds is d
 Work is split into fixed chunks of prototypes (``batch_size // candidates`` of them, all their candidates in
 one sampling batch). A finished prototype's image and record are written at once to the stage's partial
 folder; an interrupted run redoes only the chunks with missing prototypes, with the same batches, so its
-final files are byte-identical to an uninterrupted run's. Under ``accelerate launch`` each process takes
-the prototypes whose index modulo the number of processes is its rank, and the main process writes the set.
+final files are byte-identical to an uninterrupted run's. Under ``accelerate launch`` or ``torchrun``
+(`rsdistill.core.distributed`) each process takes every N-th chunk from its rank on, so every prototype is
+sampled in the same batch as in a single process and the set is byte-identical to one process's (on the same
+device and thread count); once every process is done, the main process writes the set.
 
 Stage folder: ``set/`` (the distilled set, `rsdistill.data.imageset` format), ``sample_grid.png`` (one row per
 class) and ``manifest.json`` (counts: prompts truncated, near copies, seconds per kept image...).
@@ -27,22 +29,20 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from PIL import Image
 from tqdm.auto import tqdm
 
 from rsdistill.core.artifacts import Stage, read_manifest
 from rsdistill.core.atomic import temporary_sibling, write_text_atomic
 from rsdistill.core.config import SynthesisConfig
+from rsdistill.core.distributed import build_stage, processes
 from rsdistill.core.errors import RSDistillError
-from rsdistill.core.runtime import resolve_device
 from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset, dataset_reader
 from rsdistill.data.imageset import sample_grid, write_image_set
@@ -502,40 +502,36 @@ def synthesize(
     if stage.done:
         print(f"{stage.path} is finished for these settings; kept as it is.")
         return stage.path / SET_FOLDER
-    state = PartialState()
-    torch_device = state.device if state.num_processes > 1 else resolve_device(context.device)
+    procs = processes(context.device)
+    torch_device = procs.device
     bundle = load_bundle(str(bundle_dir), class_labels_value).to(torch_device)
     classifier = load_classifier(bundle_dir, dataset.classes, config.candidates)
     if classifier is not None:
         classifier.to(torch_device)
     extra: dict[str, Any] = {}
-    with ExitStack() as stack:
-        if state.is_main_process:
-            stack.enter_context(stage.build(extra))
-        state.wait_for_everyone()
-        work = stage.partial_path
+    with build_stage(stage, procs, extra) as work:
         done = finished(work, len(targets))
         start = time.perf_counter()
         nearest = NearestReal.for_dataset(
             dataset, config.near_copy_space, data_resolution, context.cache_dir, torch_device
         )
         synthesizer = Synthesizer(bundle, classifier, nearest, dataset, config, seed)
-        share = targets[state.process_index :: state.num_processes]
         per_chunk = max(1, config.batch_size // config.candidates)
-        chunks = [share[i : i + per_chunk] for i in range(0, len(share), per_chunk)]
+        chunks = procs.shard([targets[i : i + per_chunk] for i in range(0, len(targets), per_chunk)])
+        share = [target for chunk in chunks for target in chunk]
         todo = [chunk for chunk in chunks if any(t.index not in done for t in chunk)]
         setup = time.perf_counter() - start
         for chunk in tqdm(
             todo,
             desc=f"generating ({len(share)} prototypes)",
             unit="batch",
-            disable=not state.is_main_process,
+            disable=not procs.is_main,
         ):
             for target, kept, stats in synthesizer.make(chunk):
                 if target.index not in done:
                     save_progress(work, target, kept, stats, config.near_copy_threshold)
-        state.wait_for_everyone()
-        if state.is_main_process:
+        procs.barrier()
+        if procs.is_main:
             generated = len(targets) - len(done)
             wall = time.perf_counter() - start - setup
             extra.update(write_outputs(work, targets, dataset, config))
@@ -552,11 +548,10 @@ def synthesize(
                     "kept_from_earlier_run": len(done),
                     "seconds_per_image": round(wall / generated, 4) if generated else None,
                     "setup_seconds": round(setup, 3),
-                    "processes": state.num_processes,
+                    "processes": procs.count,
                     "device": str(torch_device),
                     "near_copy_space": config.near_copy_space,
                     "near_copy_threshold": config.near_copy_threshold,
                 }
             )
-    state.wait_for_everyone()
     return stage.path / SET_FOLDER
