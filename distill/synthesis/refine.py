@@ -293,7 +293,7 @@ def refine_set(
     out = Path(out)
     # The stage records the step it takes, so equal steps at any IPC are one and the same stage.
     step = step_size(config, [record["label"] for record in read_records(Path(set_dir))])
-    stage = Stage(out.parent, out.name, {**asdict(config), "learning_rate": step, "seed": seed,
+    stage = Stage(out.parent, out.name, {**stage_settings(config), "learning_rate": step, "seed": seed,
                                          "resolution": resolution},
                   {"dataset": dataset.fingerprint, **(inputs or {"set": str(set_dir)})}, overwrite=context.overwrite)
     if stage.done:
