@@ -32,7 +32,7 @@ import platform
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -86,6 +86,29 @@ def foreign_content(folder: Path) -> str | None:
     if extra:
         return f"holds {len(extra)} file(s) the {manifest['stage']!r} stage did not write ({shown(extra)})"
     return None
+
+
+def refuse_unless_ours(path: Path, foreign: Callable[[Path], str | None]) -> bool:
+    """Refuses to go on when `path` is a file or link, or a folder in which `foreign` finds what rsdistill did not
+    write (its reason goes into the message); returns whether a folder of ours is there.
+
+    Raises:
+        RSDistillError: Naming the path, why it is kept and what to do.
+    """
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise RSDistillError(
+            f"{path} exists and is not a folder; rsdistill will not replace it. Move it away or choose another --out."
+        )
+    if not path.exists():
+        return False
+    reason = foreign(path)
+    if reason is not None:
+        raise RSDistillError(
+            f"The output folder {path} already exists and {reason}; rsdistill does not delete it, not even with "
+            "--overwrite. Choose another --out, or move those files out of it (or delete the folder) yourself and "
+            "run again."
+        )
+    return True
 
 
 def fingerprint(stage: str, config: Any, inputs: dict[str, str]) -> str:
@@ -209,20 +232,8 @@ class Stage:
             RSDistillError: Naming the folder, why it is kept and what to do.
         """
         path = self.path
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            raise RSDistillError(
-                f"{path} exists and is not a folder; rsdistill will not replace it. Move it away or choose "
-                "another --out."
-            )
-        if not path.exists():
+        if not refuse_unless_ours(path, foreign_content):
             return
-        reason = foreign_content(path)
-        if reason is not None:
-            raise RSDistillError(
-                f"The output folder {path} already exists and {reason}; rsdistill does not delete it, not even "
-                "with --overwrite. Choose another --out, or move those files out of it (or delete the folder) "
-                "yourself and run again."
-            )
         manifest = self.manifest
         if manifest is None or manifest.get("fingerprint") == self.fingerprint:
             return

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rsdistill.core.artifacts import files_under, shown
+from rsdistill.core.artifacts import files_under, refuse_unless_ours, shown
 from rsdistill.core.atomic import safe_name, temporary_sibling
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import to_rgb_resized
@@ -87,20 +87,8 @@ def check_set_destination(out_dir: str | Path, overwrite: bool = True) -> None:
         RSDistillError: Naming the folder, why it is kept and what to do.
     """
     out_dir = Path(out_dir)
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise RSDistillError(
-            f"{out_dir} exists and is not a folder; rsdistill will not replace it. Move it away or choose "
-            "another --out."
-        )
-    if not out_dir.exists():
+    if not refuse_unless_ours(out_dir, set_content_problem):
         return
-    problem = set_content_problem(out_dir)
-    if problem is not None:
-        raise RSDistillError(
-            f"The output folder {out_dir} already exists and {problem}; rsdistill does not delete it, not even "
-            "with --overwrite. Choose another --out, or move those files out of it (or delete the folder) "
-            "yourself and run again."
-        )
     if not overwrite and files_under(out_dir):
         raise RSDistillError(
             f"The output folder {out_dir} holds an image set already. Pass --overwrite to replace it, or choose "
