@@ -122,3 +122,12 @@ def subcommand(name: str) -> argparse.ArgumentParser:
     parser = build_parser([name])
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return action.choices[name]
+
+
+def test_the_autoencoder_setting_reaches_the_scratch_preset() -> None:
+    from rsdistill.generator.base import scratch_preset
+
+    assert scratch_preset(parsed(["run"]).generator, 64).autoencoder == "kl"
+    chosen = parsed(["run", "generator.autoencoder=adversarial", "--resolution", "32"])
+    preset = scratch_preset(chosen.generator, chosen.data.resolution)
+    assert (preset.autoencoder, preset.resolution) == ("adversarial", 32)

@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init = actions.add_parser("init", help="from-scratch bundle: VAE, random UNet, MiniLM, latent classifier")
     init.add_argument("--overwrite", action="store_true")
     add_config_flags(init, "seed", "device", "data", "generator.preset", "generator.output_dir",
-                     "generator.vae_steps", "generator.classifier_steps", "generator.mixed_precision")
+                     "generator.vae_steps", "generator.classifier_steps", "generator.autoencoder",
+                     "generator.mixed_precision")
     init.set_defaults(func=cmd_generator_init)
 
     classifier = actions.add_parser("classifier", help="train a latent classifier for a bundle's VAE (written "

@@ -138,6 +138,8 @@ class GeneratorConfig:
         preset: from-scratch generator preset (scratch-cpu, scratch-gpu)
         vae_steps: from-scratch VAE optimiser steps (None: the preset's)
         classifier_steps: latent classifier steps (None: the preset's)
+        autoencoder: how the from-scratch VAE is trained: kl (pixel MSE and a small KL term) or adversarial (also
+            a PatchGAN loss with an adaptive weight, docs/generator.md); None: the preset's
         class_labels_value: class_labels value for a UNet that requires them (Text2Earth-style)
         output_dir: where fine-tuning writes checkpoints, logs, validation grids and the final bundle (`rsdistill
             run`: its generator stage folder)
@@ -174,6 +176,7 @@ class GeneratorConfig:
     preset: str = "scratch-cpu"
     vae_steps: int | None = None
     classifier_steps: int | None = None
+    autoencoder: str | None = None
     class_labels_value: int | None = None
     output_dir: str | None = None
     prompts: str = "captions"

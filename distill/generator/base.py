@@ -20,9 +20,10 @@ from rsdistill.generator.scratch import ScratchPreset, get_preset
 
 
 def scratch_preset(config: GeneratorConfig, resolution: int) -> ScratchPreset:
-    """The from-scratch preset `config` names, at `resolution`, with the step counts `config` overrides."""
+    """The from-scratch preset `config` names, at `resolution`, with the step counts and autoencoder `config`
+    overrides."""
     return get_preset(config.preset, resolution=resolution, vae_steps=config.vae_steps,
-                      classifier_steps=config.classifier_steps)
+                      classifier_steps=config.classifier_steps, autoencoder=config.autoencoder)
 
 
 def fit_latent_classifier(
