@@ -137,8 +137,7 @@ class Run:
     def _build_base(self, work: Path) -> None:
         g, context = self.config.generator, self.context
         if g.pretrained_model_name_or_path is None:
-            init_scratch(context.dataset, work, preset=scratch_preset(g, context.resolution), preset_name=g.preset,
-                         seed=context.seed, cache_dir=context.cache_dir, device=resolve_device(context.device),
+            init_scratch(context, scratch_preset(g, context.resolution), work, g.preset,
                          mixed_precision=g.mixed_precision)
             return
         bundle = load_bundle(g.pretrained_model_name_or_path, g.class_labels_value)

@@ -126,7 +126,8 @@ def main() -> None:
         scratch = json.loads((bundle_dir / "scratch_report.json").read_text())
     else:
         scratch = timed_part(report, "init_scratch", lambda: init_scratch(
-            dataset, bundle_dir, preset, seed=args.seed, psnr_samples=None))
+            RunContext.of(dataset, seed=args.seed, resolution=preset.resolution), preset, bundle_dir,
+            psnr_samples=None))
     report["scratch"] = {k: v for k, v in scratch.items() if k != "latent_classifier_history"}
 
     base = timed_part(report, "unet_base", lambda: train_unet(bundle_dir, out / "unet-base", dataset,

@@ -70,7 +70,8 @@ def test_init_scratch_writes_a_bundle_like_stable_diffusion(
     scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dataset = load_dataset(f"imagefolder:{scenes}")
-    report = init_scratch(dataset, tmp_path / "bundle", get_preset("scratch-cpu", **TOY), progress=False)
+    context = RunContext.of(dataset, device="cpu")
+    report = init_scratch(context, get_preset("scratch-cpu", **TOY), tmp_path / "bundle", progress=False)
     assert {"vae_test_psnr", "latent_classifier_test_accuracy", "latent_classifier_val_accuracy"} <= set(report)
     assert json.loads((tmp_path / "bundle" / "scratch_report.json").read_text())["preset"] == "scratch-cpu"
     bundle = load_bundle(str(tmp_path / "bundle"))
@@ -84,7 +85,7 @@ def test_init_scratch_writes_a_bundle_like_stable_diffusion(
     # A fresh latent cache, so the second build takes the same code path as the first: within one process,
     # float rounding can depend on what ran before (separate processes agree, with or without the cache).
     monkeypatch.setenv("RSDISTILL_CACHE", str(tmp_path / "second-cache"))
-    again = init_scratch(dataset, tmp_path / "again", get_preset("scratch-cpu", **TOY), progress=False)
+    again = init_scratch(context, get_preset("scratch-cpu", **TOY), tmp_path / "again", progress=False)
     assert again["latent_classifier_test_accuracy"] == report["latent_classifier_test_accuracy"]
     for part in ("vae/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors",
                  f"{CLASSIFIER_FOLDER}/model.safetensors"):

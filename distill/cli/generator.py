@@ -21,7 +21,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_generator_init(args: argparse.Namespace) -> None:
-    from rsdistill.core.runtime import resolve_device
     from rsdistill.generator.base import scratch_preset
     from rsdistill.generator.scratch import init_scratch
 
@@ -32,8 +31,7 @@ def cmd_generator_init(args: argparse.Namespace) -> None:
     out = Path(g.output_dir)
     if (out / "model_index.json").is_file() and not args.overwrite:
         raise RSDistillError(f"{out} holds a bundle already; pass --overwrite or choose another --output_dir.")
-    report = init_scratch(context.dataset, out, scratch_preset(g, context.resolution), g.preset, seed=context.seed,
-                          cache_dir=context.cache_dir, device=resolve_device(context.device),
+    report = init_scratch(context, scratch_preset(g, context.resolution), out, g.preset,
                           mixed_precision=g.mixed_precision)
     shown = {k: report[k] for k in ("vae_test_psnr", "latent_classifier_val_accuracy",
                                     "latent_classifier_test_accuracy", "timings_s")}

@@ -28,8 +28,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.errors import RSDistillError
-from rsdistill.core.runtime import autocast_dtype
-from rsdistill.data.dataset import SceneDataset, stratified_holdout
+from rsdistill.core.runtime import autocast_dtype, resolve_device
+from rsdistill.data.context import RunContext
+from rsdistill.data.dataset import stratified_holdout
 from rsdistill.generator.adversarial import AUTOENCODERS, Adversary
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, DiffusionBundle, save_bundle
 from rsdistill.generator.finetune_data import cached_latents, encode_latents, latents_tag
@@ -236,18 +237,18 @@ def build_scratch_bundle(vae: AutoencoderKL, preset: ScratchPreset, seed: int = 
 
 
 def init_scratch(
-    dataset: SceneDataset,
+    context: RunContext,
+    preset: ScratchPreset,
     output_dir: str | Path,
-    preset: ScratchPreset = PRESETS["scratch-cpu"],
     preset_name: str = "scratch-cpu",
-    seed: int = 0,
-    cache_dir: str | None = None,
-    device: str | torch.device = "cpu",
+    mixed_precision: str = "no",
     progress: bool = True,
     psnr_samples: int | None = 1000,
-    mixed_precision: str = "no",
 ) -> dict[str, Any]:
     """Builds the from-scratch bundle in `output_dir` and returns its report (also in `scratch_report.json`).
+
+    `context` gives the dataset, the image cache, the device and the seed; `preset` the sizes and training
+    lengths (its resolution is the context's when built by `rsdistill.generator.base.scratch_preset`).
 
     Steps: VAE on the train split; bundle with a random UNet; train latents; latent classifier trained on
     train latents with a validation split carved from train (checkpoint chosen on it); its test accuracy and
@@ -255,6 +256,8 @@ def init_scratch(
     fixed random sample of `psnr_samples` test images (None: all of them; the decoder is the slow half).
     `mixed_precision` applies to the VAE's training (see `train_vae`); latents are always encoded in fp32.
     """
+    dataset, seed, cache_dir = context.dataset, context.seed, context.cache_dir
+    device = resolve_device(context.device)
     output_dir = Path(output_dir)
     report: dict[str, Any] = {"preset": preset_name, "settings": asdict(preset), "seed": seed,
                               "mixed_precision": mixed_precision,
