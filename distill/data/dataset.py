@@ -1,11 +1,4 @@
-"""Datasets, splits and the decoded-image cache.
-
-A dataset spec is one of:
-
-- a named dataset: ``eurosat``, ``ucmerced``, ``resisc45``, ``aid`` (found under a data root);
-- ``imagefolder:<path>``: any folder of class folders;
-- ``hf:<hub id or saved folder>``: a Hugging Face ``datasets`` source with an image and a class-label column;
-- ``xbd:<path>``: building-damage patches cut from the xBD layout (see :mod:`rsdistill.data.xbd`).
+"""Datasets, splits and the decoded-image cache (the dataset specs are read by :mod:`rsdistill.data.sources`).
 
 The data root is taken from the ``root`` argument (``--data-root``), then ``$RSDISTILL_DATA``, then
 ``~/.cache/rsdistill/datasets``. A root holding ``test.txt`` uses that split; otherwise a stratified split
