@@ -37,7 +37,7 @@ from rsdistill.core.distributed import Processes, build_stage, processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.lock import FolderLock
 from rsdistill.core.runtime import resolve_device, seed_everything
-from rsdistill.data.context import RunContext
+from rsdistill.data.context import RUN_SPLIT_FILE, RunContext
 from rsdistill.data.dataset import SceneDataset, dataset_slug
 from rsdistill.evaluate.evaluation import check_options, evaluate_sets, protocol_from_config
 from rsdistill.evaluate.measures import load_metric_models
@@ -54,7 +54,7 @@ from rsdistill.synthesis.near_copy import DEFAULT_SPACE
 from rsdistill.synthesis.refine import check_refine, refine_set
 from rsdistill.synthesis.synthesize import folder_fingerprint, sampler_settings, synthesize
 
-SPLIT_FILE = "split-test.txt"
+SPLIT_FILE = RUN_SPLIT_FILE
 RUN_LOCK = ".rsdistill-run.lock"
 
 
@@ -74,7 +74,7 @@ class Run:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.run_dir = Path(config.run_dir)
-        self.context = RunContext.load(config, split_file=config.data.split_file or str(self.run_dir / SPLIT_FILE))
+        self.context = RunContext.load(config, self.run_dir / SPLIT_FILE)
         self.dataset = self.context.dataset
         shared_root = Path(config.shared_dir) if config.shared_dir else self.run_dir.parent / "shared"
         self.shared = shared_root / slug(self.dataset)

@@ -28,7 +28,7 @@ from typing import Any
 
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import EvalConfig, PrototypeConfig, RunConfig, dump_config, load_config
-from rsdistill.data.context import RunContext
+from rsdistill.data.context import RUN_SPLIT_FILE, RunContext
 from rsdistill.data.sources import load_dataset
 from rsdistill.evaluate.ranking import hard_label_recovery, improvement_over_random
 from rsdistill.pipeline import base_settings
@@ -111,7 +111,8 @@ def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag
     set_dir = run_pipeline(config, evaluate=False)
     wall = time.perf_counter() - start
     stages = json.loads((Path(config.run_dir) / "stages.json").read_text())["stages"]
-    result = score_set(RunContext.load(config), set_dir, config.evaluation, Path(config.run_dir) / "report")
+    context = RunContext.load(config, Path(config.run_dir) / RUN_SPLIT_FILE)
+    result = score_set(context, set_dir, config.evaluation, Path(config.run_dir) / "report")
     return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides,
             "config_tag": config_tag(dataset_name, ipc, overrides)}
 

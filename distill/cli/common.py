@@ -114,5 +114,5 @@ def context_from_args(args: argparse.Namespace) -> tuple[RunConfig, RunContext]:
     """The command line's config and the run context it describes (the dataset loaded); a command with
     ``--overwrite`` replaces its own finished stages only when it is given."""
     config = config_from_args(args)
-    context = RunContext.load(config, split_file=config.data.split_file)
+    context = RunContext.load(config)
     return config, replace(context, overwrite=vars(args).get("overwrite", True))

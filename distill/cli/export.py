@@ -33,7 +33,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     context = None
     config = config_from_args(args)
     if dataset_given(args):
-        context = RunContext.load(config, split_file=config.data.split_file or source.split_file())
+        context = RunContext.load(config, source.split_file())
     options = ExportOptions(
         format=args.format, license=args.license, source_license=args.source_license,
         allow_unsafe=args.allow_unsafe,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from rsdistill.core.config import RunConfig
 from rsdistill.data.dataset import ImageArray, SceneDataset
 from rsdistill.data.imagery import Imagery
 from rsdistill.data.sources import load_dataset
+
+RUN_SPLIT_FILE = "split-test.txt"  # a run folder's generated split (rsdistill run, export, benchmark)
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,13 @@ class RunContext:
         return replace(cls.from_config(dataset), **settings)
 
     @classmethod
-    def load(cls, config: RunConfig, split_file: str | None = None) -> RunContext:
-        """Loads the dataset `config.data` names and returns its context."""
+    def load(cls, config: RunConfig, default_split_file: str | Path | None = None) -> RunContext:
+        """Loads the dataset `config.data` names and returns its context; a generated split is read from or
+        written to `data.split_file`, else `default_split_file` (e.g. the run folder's), else the cache's."""
         data = config.data
         imagery = Imagery(data.bands, data.stretch)  # checks the settings before the dataset is read
-        dataset = load_dataset(data.dataset, root=data.data_root, split_file=split_file, split_seed=data.split_seed,
-                               test_fraction=data.test_fraction)
+        dataset = load_dataset(data.dataset, root=data.data_root, split_file=data.split_file or default_split_file,
+                               split_seed=data.split_seed, test_fraction=data.test_fraction)
         if not imagery.default:
             dataset = dataset.with_imagery(imagery)
         return cls.from_config(dataset, config)

@@ -14,14 +14,12 @@ from typing import Any
 from rsdistill.core.artifacts import read_manifest, shown
 from rsdistill.core.config import RunConfig, load_config
 from rsdistill.core.errors import RSDistillError
+from rsdistill.data.context import RUN_SPLIT_FILE
 from rsdistill.data.imageset import METADATA, read_records
 
 CONFIG_FILE = "config.yaml"
 REPORT_FOLDER = "report"
 STAGES_FILE = "stages.json"  # what rsdistill run writes: each stage's folder, wall time, peak memory
-# The run's generated train/test split (for roots without test.txt); the same name as rsdistill.pipeline's
-# SPLIT_FILE, which this layer may not import (tests/test_export.py checks that they agree).
-RUN_SPLIT_FILE = "split-test.txt"
 SET_STAGES = ("refine", "synthesis")  # a run's set: the refined one when there is one
 SET_FOLDER = "set"
 
