@@ -28,6 +28,7 @@ from typing import Any
 
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import EvalConfig, PrototypeConfig, RunConfig, dump_config, load_config
+from rsdistill.core.runtime import resolve_device
 from rsdistill.data.context import RUN_SPLIT_FILE, RunContext
 from rsdistill.data.sources import load_dataset
 from rsdistill.evaluate.ranking import hard_label_recovery, improvement_over_random
@@ -103,17 +104,62 @@ def score_set(context: RunContext, set_dir: Path, evaluation: EvalConfig, out: P
     return {**accuracy_of(report, "set"), **report_fields(report, out)}
 
 
+REALISM = ("fid", "kid")  # measured on every distilled set, before and after refinement
+
+
+def realism_of(context: RunContext, set_dir: Path) -> dict[str, Any]:
+    """FID and KID of a set against the real test split's Inception features (cached beside the images)."""
+    from rsdistill.evaluate.context import load_set
+    from rsdistill.evaluate.metrics import inception_features, realism_metrics, split_features
+
+    entry = load_set(set_dir, context.dataset, context.resolution)
+    device = resolve_device(context.device)
+    real = split_features(context.dataset, "test", context.resolution, context.cache_dir, device)
+    fake = inception_features(entry.images, device=device, desc=f"inception features ({set_dir})")
+    test_labels = context.images("test").labels
+    return realism_metrics(real, test_labels, fake, entry.labels, context.dataset.classes, set(REALISM))
+
+
+def privacy_of(report_dir: Path) -> dict[str, Any] | None:
+    """The figures of the run's privacy verdict (report/privacy.json, rsdistill.export.verdict), names left out."""
+    path = report_dir / "privacy.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    near, attack, generator = record["near_copies"], record["membership"], record.get("generator_attack") or {}
+    return {
+        "safe": record["verdict"]["safe"], "reasons": record["verdict"]["reasons"],
+        "near_copies_failing": near["failing"], "images": len(near["images"]),
+        "near_copy_threshold": near["threshold_distance"], "set_distance_min": near["set_distance_min"],
+        "set_model_auc": attack["set_model_auc_train_vs_test"],
+        "coreset_model_auc": attack["coreset_model_auc_train_vs_test"],
+        "generator_auc": generator.get("auc"), "generator_tpr_at_1pct_fpr": generator.get("tpr_at_1pct_fpr"),
+    }
+
+
 def distilled(dataset_name: str, ipc: int, work: Path, overrides: list[str], tag: str) -> dict[str, Any]:
+    """`rsdistill run` with the dataset's config, scored next to `full` with FID/KID and its privacy verdict;
+    the set before refinement is measured for FID/KID too."""
+    from rsdistill.evaluate.evaluation import read_report
     from rsdistill.pipeline import run_pipeline
 
     config = run_config(dataset_name, ipc, work, overrides, tag)
-    start = time.perf_counter()
-    set_dir = run_pipeline(config, evaluate=False)
-    wall = time.perf_counter() - start
-    stages = json.loads((Path(config.run_dir) / "stages.json").read_text())["stages"]
-    context = RunContext.load(config, Path(config.run_dir) / RUN_SPLIT_FILE)
-    result = score_set(context, set_dir, config.evaluation, Path(config.run_dir) / "report")
-    return {**result, "stages": stages, "pipeline_wall_s_this_invocation": wall, "overrides": overrides,
+    metrics = sorted({*config.evaluation.metrics, *REALISM})
+    config = replace(config, evaluation=replace(config.evaluation, baselines=["full"], ipc=[], metrics=metrics))
+    run_dir = Path(config.run_dir)
+    report_dir = run_pipeline(config, evaluate=True)
+    report = read_report(report_dir)
+    stages = json.loads((run_dir / "stages.json").read_text())
+    context = RunContext.load(config, run_dir / RUN_SPLIT_FILE)
+    row = next(r for r in report["rows"] if r["kind"] == "set")
+    after = {name: row["metrics"][name] for name in REALISM}
+    refined = config.refine.iterations != 0
+    realism = {"after_refinement": after} if refined else {"no_refinement": after}
+    if refined:
+        realism["before_refinement"] = realism_of(context, run_dir / "synthesis" / "set")
+    return {**accuracy_of(report, "set"), **report_fields(report, report_dir), "realism": realism,
+            "privacy": privacy_of(report_dir), "stages": stages["stages"],
+            "pipeline_wall_s_this_invocation": stages["wall_time_s_this_invocation"], "overrides": overrides,
             "config_tag": config_tag(dataset_name, ipc, overrides)}
 
 
@@ -208,6 +254,41 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + (f"\n\n{STALE_NOTE}" if stale else "")
 
 
+def _before_after(realism: dict[str, Any], read: Any, digits: int) -> str:
+    after = realism.get("after_refinement") or realism.get("no_refinement")
+    before = realism.get("before_refinement")
+    text = f"{read(after):.{digits}f}"
+    return f"{read(before):.{digits}f} → {text}" if before else text
+
+
+def realism_privacy_table(results: dict[str, Any]) -> str:
+    """FID/KID before → after refinement and the privacy verdict of every distilled item that measured them."""
+    lines = [
+        "| dataset | IPC | set | accuracy (%) | FID | KID | near copies | attack AUC: set / real coreset "
+        "| generator attack AUC (TPR @ 1 % FPR) | fit to share |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(results, key=lambda k: (k.split("/")[0], int(k.split("/")[1]), k)):
+        r = results[key]
+        if "realism" not in r:
+            continue
+        dataset, ipc, method = key.split("/", 2)
+        fid = _before_after(r["realism"], lambda m: m["fid"], 1)
+        kid = _before_after(r["realism"], lambda m: m["kid"]["mean"], 4)
+        p = r.get("privacy")
+        if p is None:
+            lines.append(f"| {dataset} | {ipc} | {method} | {r['accuracy_mean']:.2f} | {fid} | {kid} | – | – | – | – |")
+            continue
+        generator = (f"{p['generator_auc']:.3f} ({p['generator_tpr_at_1pct_fpr']:.3f})"
+                     if p.get("generator_auc") is not None else "–")
+        lines.append(
+            f"| {dataset} | {ipc} | {method} | {r['accuracy_mean']:.2f} | {fid} | {kid} "
+            f"| {p['near_copies_failing']} / {p['images']} | {p['set_model_auc']:.3f} / {p['coreset_model_auc']:.3f} "
+            f"| {generator} | {'yes' if p['safe'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
 def stage_table(results: dict[str, Any]) -> str:
     lines = ["| run | stage | wall time (s) | peak memory (MB) |", "|---|---|---|---|"]
     for key, r in sorted(results.items()):
@@ -227,8 +308,13 @@ def record(new: dict[str, Any], command: str, readme: bool) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps({"commands": commands, "results": results}, indent=2, default=str))
     produced = "\n".join(f"    RSDISTILL_DATA=../shared/datasets {c}" for c in commands)
-    markdown = (f"# Benchmark (docs/benchmark.md protocol)\n\nProduced by\n\n{produced}\n\n{table(results)}\n\n"
-                f"## Stage wall time and peak memory\n\n{stage_table(results)}\n")
+    markdown = (
+        f"# Benchmark (docs/benchmark.md protocol)\n\nProduced by\n\n{produced}\n\n{table(results)}\n\n"
+        f"## Realism and privacy of the distilled sets\n\nFID and KID against the real test split's Inception "
+        f"features, before → after refinement; near copies and attacks as `rsdistill run`'s privacy verdict "
+        f"(docs/sharing.md).\n\n{realism_privacy_table(results)}\n\n"
+        f"## Stage wall time and peak memory\n\n{stage_table(results)}\n"
+    )
     write_text_atomic(RESULTS / "benchmark.md", markdown)
     if readme:
         readme_path = HERE.parent / "README.md"

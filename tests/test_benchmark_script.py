@@ -97,3 +97,28 @@ def test_table_gives_dd_ranking_figures_against_random_and_full() -> None:
     assert "| eurosat | 10 | herding | 65.50 ± 0.00 | +5.50 | 24.50 | – | – |" in lines
     assert "| eurosat | 10 | random | 60.00 ± 0.00 | – | 30.00 | – | – |" in lines
     assert "| eurosat | 50 | herding | 80.00 ± 0.00 | – | 10.00 | – | – |" in lines  # no random at IPC 50
+
+
+def test_realism_privacy_table_shows_before_and_after_refinement_and_the_verdict() -> None:
+    benchmark = load_benchmark()
+    privacy = {"safe": False, "reasons": ["..."], "near_copies_failing": 2, "images": 100,
+               "near_copy_threshold": 0.05, "set_distance_min": 0.01, "set_model_auc": 0.512,
+               "coreset_model_auc": 0.498, "generator_auc": 0.55, "generator_tpr_at_1pct_fpr": 0.02}
+    results = {
+        "eurosat/10/distilled": {
+            "accuracy_mean": 68.1, "accuracy_std": 0.3,
+            "realism": {"before_refinement": {"fid": 120.04, "kid": {"mean": 0.1, "std": 0.0}},
+                        "after_refinement": {"fid": 140.55, "kid": {"mean": 0.12345, "std": 0.0}}},
+            "privacy": privacy,
+        },
+        "eurosat/10/ablation: no refinement": {
+            "accuracy_mean": 55.0, "accuracy_std": 0.7,
+            "realism": {"no_refinement": {"fid": 120.0, "kid": {"mean": 0.1, "std": 0.0}}}, "privacy": None,
+        },
+        "eurosat/10/herding": {"accuracy_mean": 65.0, "accuracy_std": 0.5},
+    }
+    lines = benchmark.realism_privacy_table(results).splitlines()
+    assert len(lines) == 4  # header, rule, the two items that measured realism; herding has no row
+    assert "| eurosat | 10 | ablation: no refinement | 55.00 | 120.0 | 0.1000 | – | – | – | – |" in lines
+    assert ("| eurosat | 10 | distilled | 68.10 | 120.0 → 140.6 | 0.1000 → 0.1235 | 2 / 100 | 0.512 / 0.498 "
+            "| 0.550 (0.020) | no |") in lines
