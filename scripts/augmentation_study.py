@@ -2,12 +2,14 @@
 
 For each dataset and each fraction of the real train split (a fixed stratified draw per fraction, at least one
 image per class), one ConvNet is trained per run on: the real images with each augmentation policy
-(`rsdistill.evaluate.policies`); the real images plus a distilled or generated set (--set DIR, geometric policy);
-the real images plus edited images (--edited DIR, from `rsdistill edit`, geometric policy). Every row of one
+(`rsdistill.evaluate.policies`); the real images plus a distilled or generated set (--set LABEL=DIR, repeatable,
+geometric policy); the real images plus edited images (--edited DIR, from `rsdistill edit`, geometric policy). Every row of one
 comparison has the same network, resolution and steps; accuracy is top-1 on the whole real test split over
 --runs seeded runs. With --clip-model a zero-shot row (no training) is added per dataset.
 
-Writes ``augmentation.md`` and ``augmentation.json`` (every row with its command) and
+Rows accumulate in --out across invocations: a row already there with the same protocol is not trained again,
+so an interrupted study resumes and one command can add rows to another's table. Writes ``augmentation.md`` and
+``augmentation.json`` (every row with its command) after each row, and
 ``augmentation.png`` (accuracy against real fraction; not committed) under --out.
 
     RSDISTILL_DATA=/work/shared/datasets OMP_NUM_THREADS=1 python scripts/augmentation_study.py \\
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from rsdistill.core.atomic import write_text_atomic
 from rsdistill.data.names import plain_words
 from rsdistill.data.sources import load_dataset
 from rsdistill.evaluate.context import load_set
@@ -65,34 +68,63 @@ def zero_shot_row(args: argparse.Namespace, dataset: Any, resolution: int) -> di
             "protocol": f"zero-shot {args.clip_model}", "wall_s": 0.0}
 
 
-def study(args: argparse.Namespace, command: str) -> list[dict[str, Any]]:
-    rows = []
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies a row: the same key with the same protocol is not trained again."""
+    return row["dataset"], row["fraction"], row["training"], row["policy"], row["protocol"]
+
+
+def added_sets(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(label, folder) of every set added to the real images: ``--set LABEL=DIR`` and ``--edited DIR``."""
+    pairs = []
+    for spec in args.set or []:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise SystemExit(f"--set {spec!r}: give it as LABEL=DIR (for example distilled=runs/x/refine/set).")
+        pairs.append((label, path))
+    if args.edited:
+        pairs.append(("edited", args.edited))
+    return pairs
+
+
+def study(args: argparse.Namespace, command: str, done: dict[tuple[Any, ...], dict[str, Any]]) -> None:
+    """Trains every row not in `done` (updated and written to --out after each row)."""
     for name in args.datasets:
         dataset = load_dataset(name)
         train = dataset.images("train", args.resolution)
         train_images, train_labels = np.asarray(train.images), np.asarray(train.labels)
-        extras = {kind: load_set(path, dataset, args.resolution) for kind, path in
-                  (("set", args.set), ("edited", args.edited)) if path}
+        extras = {label: load_set(path, dataset, args.resolution) for label, path in added_sets(args)}
         if args.clip_model:
-            rows.append({"dataset": name, "fraction": None, "training": "zero-shot", "policy": "-",
-                         **zero_shot_row(args, dataset, args.resolution), "command": command})
+            row = {"dataset": name, "fraction": None, "training": "zero-shot", "policy": "-",
+                   **zero_shot_row(args, dataset, args.resolution), "command": command}
+            done[row_key(row)] = row
         for fraction in args.fractions:
             index = fraction_indices(train_labels, fraction)
             images, labels = train_images[index], train_labels[index]
             plans = [("real", policy, images, labels) for policy in args.policies]
-            for kind, extra in extras.items():
-                plans.append((f"real+{kind}", "geometric", np.concatenate([images, extra.images]),
-                              np.concatenate([labels, extra.labels])))
+            for label, extra in extras.items():
+                plans.append((f"real+{label} ({len(extra.images)} images)", "geometric",
+                              np.concatenate([images, extra.images]), np.concatenate([labels, extra.labels])))
             for training, policy, x, y in plans:
                 protocol = Protocol(model=args.model, resolution=args.resolution, steps=args.steps,
                                     augmentation=policy, precision=args.precision)
                 scorer = Scorer.for_dataset(dataset, protocol, device=args.device, compile=args.compile)
+                key = (name, fraction, training, policy, scorer.protocol.label)
+                if key in done:
+                    continue
                 desc = f"{name} {fraction:g} {training} {policy}"
                 row = score_row(scorer, x, y, args.runs, desc)
-                rows.append({"dataset": name, "fraction": fraction, "training": training, "policy": policy,
-                             **row, "command": command})
+                done[key] = {"dataset": name, "fraction": fraction, "training": training, "policy": policy,
+                             **row, "command": command}
+                write(list(done.values()), args.out)
                 print(f"{desc}: {row['mean']:.2f} +- {row['std']:.2f} ({row['wall_s']:.0f} s)", flush=True)
-    return rows
+
+
+def write(rows: list[dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: (r["dataset"], r["fraction"] or 0.0, r["training"] != "real",
+                                       r["training"], r["policy"]))
+    write_text_atomic(out / "augmentation.json", json.dumps(rows, indent=1) + "\n")
+    write_text_atomic(out / "augmentation.md", markdown(rows))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -134,7 +166,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["eurosat", "ucmerced"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.05, 0.2, 1.0])
     parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
-    parser.add_argument("--set", help="a distilled or generated set (common format) added to the real images")
+    parser.add_argument("--set", action="append", metavar="LABEL=DIR",
+                        help="a distilled or generated set (common format) added to the real images (repeatable)")
     parser.add_argument("--edited", help="edited images (rsdistill edit) added to the real images")
     parser.add_argument("--model", default="convnet3")
     parser.add_argument("--resolution", type=int, default=64)
@@ -149,11 +182,11 @@ def main() -> None:
     args = parser.parse_args()
     command = "python scripts/augmentation_study.py " + shlex.join(sys.argv[1:])
     start = time.perf_counter()
-    rows = study(args, command)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "augmentation.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "augmentation.md").write_text(markdown(rows))
-    plot(rows, args.out / "augmentation.png")
+    saved = args.out / "augmentation.json"
+    done = {row_key(row): row for row in json.loads(saved.read_text())} if saved.is_file() else {}
+    study(args, command, done)
+    write(list(done.values()), args.out)
+    plot(list(done.values()), args.out / "augmentation.png")
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
 
 
