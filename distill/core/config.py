@@ -170,6 +170,26 @@ class GeneratorConfig:
         caption_dropout: share of prompts replaced by the empty prompt (for classifier-free guidance)
         augment: random latent flips and quarter turns
         progress: show progress bars
+        kind: diffusion (the latent diffusion bundle) or gan (a pixel-space conditional GAN trained from scratch,
+            docs/generator.md "Pixel-space GAN"; it shares max_train_steps, train_batch_size, checkpointing_steps,
+            checkpoints_total_limit, resume_from_checkpoint, consistency_lambda and classifier_steps)
+        gan_latent_dim: GAN: size of the latent z
+        gan_width: GAN: channels of the generator's last block and the discriminator's first (x2 per level, up to
+            x8)
+        gan_learning_rate: GAN: Adam learning rate of the generator and the discriminator (betas 0.5, 0.999)
+        gan_diffaugment: GAN: DiffAugment policy on real and generated images, a comma list of color, translation,
+            cutout, or none
+        gan_r1_gamma: GAN: weight gamma of the R1 penalty gamma/2 E||grad D(x)||^2 on real images (0: off; spectral
+            norm is always on)
+        gan_ema_decay: GAN: decay of the generator's exponential moving average (the EMA generator is the one saved)
+        gan_uniformity_weight: GAN: weight of the uniformity regulariser UR on the discriminator features of
+            generated images (Causal-RSGAN, distribution level; 0: off)
+        gan_entropy_weight: GAN: weight of the entropy regulariser ER, each generated image's feature entropy
+            (Causal-RSGAN, sample level; 0: off)
+        gan_collapse_fraction: GAN: at each checkpoint, stop as collapsed when a class's samples over fixed z spread
+            less than this fraction of its real images' spread (0: no check)
+        gan_inversion_steps: GAN synthesis: Adam steps inverting a prototype's representative image into z
+        gan_prototype_spread: GAN synthesis: candidates are sqrt(1 - s^2) z_prototype + s noise; 1: plain random z
     """
 
     pretrained_model_name_or_path: str | None = None
@@ -204,6 +224,18 @@ class GeneratorConfig:
     caption_dropout: float = 0.1
     augment: bool = True
     progress: bool = True
+    kind: str = "diffusion"
+    gan_latent_dim: int = 128
+    gan_width: int = 32
+    gan_learning_rate: float = 2e-4
+    gan_diffaugment: str = "color,translation,cutout"
+    gan_r1_gamma: float = 0.0
+    gan_ema_decay: float = 0.999
+    gan_uniformity_weight: float = 0.0
+    gan_entropy_weight: float = 0.0
+    gan_collapse_fraction: float = 0.05
+    gan_inversion_steps: int = 50
+    gan_prototype_spread: float = 0.5
 
 
 @dataclass

@@ -1,0 +1,494 @@
+"""Training of the pixel-space GAN (`rsdistill.generator.gan`): hinge loss, DiffAugment, optional R1, an EMA copy
+of the generator, the classifier-consistency loss and Causal-RSGAN's regularisers (UR, ER), with checkpoints that
+resume to the same weights and named failures for divergence and collapse.
+
+A training folder holds::
+
+    classifier/          the consistency classifier (trained first, once)
+    checkpoint-<step>/   models.safetensors (G, D, EMA, RNG state), optimizers.pt, rsdistill_state.json
+    generator/           the EMA generator when training finishes (config.json + model.safetensors)
+    training.json        settings, losses every LOG_EVERY steps, the collapse checks, seconds
+
+Every random draw of the training loop comes from one `torch.Generator` whose state each checkpoint saves, so on
+a CPU a run resumed from a checkpoint ends with the same weights, bit for bit, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.config import GeneratorConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.data.dataset import stratified_holdout
+from rsdistill.generator.checkpoints import PREFIX, STATE_FILE, find_resume_point, list_checkpoints
+from rsdistill.generator.gan import (
+    CLASSIFIER_FOLDER,
+    GENERATOR_FOLDER,
+    GanConfig,
+    GanDiscriminator,
+    GanGenerator,
+    check_gan_shape,
+    classifier_view,
+    images_to_pixels,
+)
+from rsdistill.generator.gan_losses import (
+    diff_augment,
+    entropy_loss,
+    hinge_discriminator,
+    hinge_generator,
+    parse_policy,
+    r1_penalty,
+    uniformity_loss,
+)
+from rsdistill.generator.latent_classifier import LatentClassifier, train_latent_classifier
+
+ADAM_BETAS = (0.5, 0.999)  # DCGAN's
+DEFAULT_GAN_CLASSIFIER_STEPS = 600
+CLASSIFIER_WIDTH = 32
+LOG_EVERY = 10
+COLLAPSE_SAMPLES = 8  # fixed latents per class whose samples' spread is checked
+REAL_SPREAD_SAMPLES = 16  # real images per class the spread is compared with
+COLLAPSE_CHECK_FROM = 200  # a freshly initialised generator's samples spread little; checked from this step on
+MODELS_FILE = "models.safetensors"
+OPTIMIZERS_FILE = "optimizers.pt"
+REPORT_FILE = "training.json"
+LOSS_NAMES = ("discriminator", "r1", "adversarial", "consistency", "uniformity", "entropy", "generator")
+DIVERGED_ADVICE = (
+    "lower generator.gan_learning_rate (e.g. halve it), raise generator.gan_r1_gamma (e.g. 1.0), or turn off "
+    "generator.gan_uniformity_weight and generator.gan_entropy_weight (0)"
+)
+COLLAPSE_ADVICE = (
+    "keep DiffAugment on (generator.gan_diffaugment=color,translation,cutout), raise generator.gan_r1_gamma (e.g. "
+    "1.0), turn on generator.gan_uniformity_weight (e.g. 0.1), or lower generator.gan_learning_rate"
+)
+
+
+@dataclass(frozen=True)
+class GanSettings:
+    """What trains the GAN, read from `GeneratorConfig` (its ``gan_*`` fields and the shared ones)."""
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    latent_dim: int
+    width: int
+    diffaugment: tuple[str, ...]
+    r1_gamma: float
+    ema_decay: float
+    uniformity_weight: float
+    entropy_weight: float
+    consistency_lambda: float
+    collapse_fraction: float
+    classifier_steps: int
+    checkpointing_steps: int
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = "latest"
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, g: GeneratorConfig) -> GanSettings:
+        """The settings of `g`, each checked, with a message naming the setting when refused."""
+        positive = {
+            "max_train_steps": g.max_train_steps,
+            "train_batch_size": g.train_batch_size,
+            "checkpointing_steps": g.checkpointing_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise RSDistillError(f"generator.{name} must be at least 1 for the GAN, not {value}.")
+        if g.train_batch_size < 2:
+            raise RSDistillError("generator.train_batch_size must be at least 2 for the GAN (batch norm, UR).")
+        non_negative = {
+            "gan_r1_gamma": g.gan_r1_gamma,
+            "gan_uniformity_weight": g.gan_uniformity_weight,
+            "gan_entropy_weight": g.gan_entropy_weight,
+            "consistency_lambda": g.consistency_lambda,
+        }
+        for name, value in non_negative.items():
+            if not value >= 0:
+                raise RSDistillError(f"generator.{name} must be 0 (off) or positive, not {value}.")
+        if not 0 < g.gan_learning_rate < 1:
+            raise RSDistillError(f"generator.gan_learning_rate must be in (0, 1), not {g.gan_learning_rate}.")
+        if not 0 <= g.gan_ema_decay < 1:
+            raise RSDistillError(f"generator.gan_ema_decay must be in [0, 1), not {g.gan_ema_decay}.")
+        if not 0 <= g.gan_collapse_fraction < 1:
+            raise RSDistillError(
+                f"generator.gan_collapse_fraction must be in [0, 1) (0: no check), not {g.gan_collapse_fraction}."
+            )
+        if g.mixed_precision != "no":
+            raise RSDistillError(
+                f"The GAN trains in fp32; generator.mixed_precision={g.mixed_precision} is for the diffusion "
+                "generator. Set generator.mixed_precision=no with generator.kind=gan."
+            )
+        check_gan_shape(16, g.gan_latent_dim, g.gan_width)
+        return cls(
+            g.max_train_steps,
+            g.train_batch_size,
+            g.gan_learning_rate,
+            g.gan_latent_dim,
+            g.gan_width,
+            parse_policy(g.gan_diffaugment),
+            g.gan_r1_gamma,
+            g.gan_ema_decay,
+            g.gan_uniformity_weight,
+            g.gan_entropy_weight,
+            g.consistency_lambda,
+            g.gan_collapse_fraction,
+            g.classifier_steps or DEFAULT_GAN_CLASSIFIER_STEPS,
+            g.checkpointing_steps,
+            g.checkpoints_total_limit,
+            g.resume_from_checkpoint,
+            g.progress,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the trained weights (a checkpoint made with others is not resumed)."""
+        skip = {"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "progress"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
+
+
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA decay at `step`, ramped up early so the average does not lag far behind a short training."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def spread(pixels: torch.Tensor) -> float:
+    """Mean pairwise L2 distance between images (N, 3, H, W), per pixel value (so sides compare)."""
+    flat = pixels.flatten(1).float()
+    return float(torch.pdist(flat).mean() / flat.shape[1] ** 0.5) if len(flat) > 1 else 0.0
+
+
+def real_spreads(images: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    """`spread` of the first `REAL_SPREAD_SAMPLES` real images of each class (0.0 with fewer than two)."""
+    return [
+        spread(images_to_pixels(images[np.flatnonzero(labels == c)[:REAL_SPREAD_SAMPLES]])) for c in range(num_classes)
+    ]
+
+
+@torch.no_grad()
+def collapse_ratios(generator: GanGenerator, reals: list[float], seed: int) -> list[float]:
+    """Per class, the spread of the generator's images over `COLLAPSE_SAMPLES` fixed latents divided by the real
+    images' spread: near 0 when the generator makes one image for every z."""
+    device = next(generator.parameters()).device
+    z = torch.randn(COLLAPSE_SAMPLES, generator.config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    generator.eval()
+    ratios = []
+    for label, real in enumerate(reals):
+        labels = torch.full((COLLAPSE_SAMPLES,), label, dtype=torch.long)
+        made = generator(z.to(device), labels.to(device))
+        ratios.append(spread(made) / real if real > 0 else float("inf"))
+    return ratios
+
+
+def check_collapse(ratios: list[float], classes: list[str], fraction: float, step: int, where: str) -> None:
+    """Raises when a class's `collapse_ratios` entry is below `fraction`."""
+    collapsed = [f"{name} ({ratio:.3f})" for name, ratio in zip(classes, ratios, strict=True) if ratio < fraction]
+    if collapsed:
+        raise RSDistillError(
+            f"The GAN collapsed at step {step}: for {', '.join(collapsed)} its samples over different z are "
+            f"nearly one image (spread below generator.gan_collapse_fraction={fraction} of the real images'). "
+            f"To train again, {COLLAPSE_ADVICE}. The checkpoint is kept in {where}."
+        )
+
+
+def train_pixel_classifier(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    steps: int,
+    val_fraction: float,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> LatentClassifier:
+    """The consistency classifier: `train_latent_classifier` on `classifier_view` of the pixels, a stratified
+    `val_fraction` of `images` held out to pick its best weights."""
+    pixels = classifier_view(images_to_pixels(images))
+    kept, held = stratified_holdout(labels, val_fraction, seed)
+    model, _ = train_latent_classifier(
+        pixels[kept],
+        labels[kept],
+        classes,
+        pixels[held] if len(held) else None,
+        labels[held] if len(held) else None,
+        steps=steps,
+        batch_size=64,
+        width=CLASSIFIER_WIDTH,
+        seed=seed,
+        device=device,
+        progress=progress,
+        precision="fp32",
+    )
+    return model
+
+
+class GanTrainer:
+    """The models, optimisers and random stream of one GAN training, one step at a time."""
+
+    def __init__(
+        self, config: GanConfig, settings: GanSettings, classifier: nn.Module, seed: int, device: torch.device
+    ) -> None:
+        self.settings, self.device = settings, device
+        torch.manual_seed(seed)
+        self.generator = GanGenerator(config).to(device).train()
+        self.discriminator = GanDiscriminator(config).to(device).train()
+        self.ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        self.classifier = classifier.to(device).eval().requires_grad_(False)
+        lr = settings.learning_rate
+        self.g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=ADAM_BETAS)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
+        self.random = torch.Generator().manual_seed(seed)
+        self.step = 0
+
+    def latents(self, count: int) -> torch.Tensor:
+        return torch.randn(count, self.settings.latent_dim, generator=self.random).to(self.device)
+
+    def augment(self, pixels: torch.Tensor) -> torch.Tensor:
+        return diff_augment(pixels, self.settings.diffaugment, self.random)
+
+    def discriminator_losses(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hinge loss on augmented real and generated images, plus gamma / 2 x R1 when on."""
+        with torch.no_grad():
+            fake = self.generator(self.latents(len(real)), labels)
+        real_in = self.augment(real).requires_grad_(self.settings.r1_gamma > 0)
+        real_logits, _ = self.discriminator(real_in, labels)
+        fake_logits, _ = self.discriminator(self.augment(fake), labels)
+        terms = {"discriminator": hinge_discriminator(real_logits, fake_logits)}
+        if self.settings.r1_gamma > 0:
+            terms["r1"] = r1_penalty(real_logits, real_in)
+            terms["discriminator"] = terms["discriminator"] + self.settings.r1_gamma / 2 * terms["r1"]
+        return terms
+
+    def generator_losses(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Adversarial, consistency, UR and ER terms and their weighted sum (``generator``); a term whose weight is
+        0 is measured but adds nothing."""
+        s = self.settings
+        fake = self.generator(self.latents(len(labels)), labels)
+        logits, features = self.discriminator(self.augment(fake), labels)
+        terms = {
+            "adversarial": hinge_generator(logits),
+            "consistency": F.cross_entropy(self.classifier(classifier_view(fake)), labels),
+            "uniformity": uniformity_loss(features),
+            "entropy": entropy_loss(features),
+        }
+        total = terms["adversarial"]
+        for name, weight in (
+            ("consistency", s.consistency_lambda),
+            ("uniformity", s.uniformity_weight),
+            ("entropy", s.entropy_weight),
+        ):
+            if weight > 0:
+                total = total + weight * terms[name]
+        terms["generator"] = total
+        return terms
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One discriminator and one generator step on a batch drawn from `images` (uint8, N x 3 x H x W)."""
+        index = torch.randint(len(images), (self.settings.batch_size,), generator=self.random)
+        real = (images[index].float() / 127.5 - 1.0).to(self.device)
+        batch_labels = labels[index].to(self.device)
+        d_terms = self.discriminator_losses(real, batch_labels)
+        self._check_finite(d_terms)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_terms["discriminator"].backward()
+        self.d_optimizer.step()
+        self.discriminator.requires_grad_(False)
+        g_terms = self.generator_losses(batch_labels)
+        self._check_finite(g_terms)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        g_terms["generator"].backward()
+        self.g_optimizer.step()
+        self.discriminator.requires_grad_(True)
+        self._update_ema()
+        self.step += 1
+        return {name: float(value.detach()) for name, value in {**d_terms, **g_terms}.items()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = ema_decay_at(self.settings.ema_decay, self.step)
+        for average, current in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
+            average.lerp_(current, 1 - decay)
+        for average, current in zip(self.ema.buffers(), self.generator.buffers(), strict=True):
+            average.copy_(current)
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            if not torch.isfinite(value).all():
+                raise GanDiverged(self.step + 1, name, float(value))
+
+    def save(self, folder: Path) -> None:
+        """The full training state: models and RNG (safetensors), optimisers (torch.save of plain tensors)."""
+        tensors = {
+            f"{part}.{k}": v.detach().cpu().contiguous()
+            for part, model in self._models().items()
+            for k, v in model.state_dict().items()
+        }
+        tensors["rng"] = self.random.get_state()
+        save_file(tensors, folder / MODELS_FILE)
+        torch.save(
+            {"generator": self.g_optimizer.state_dict(), "discriminator": self.d_optimizer.state_dict()},
+            folder / OPTIMIZERS_FILE,
+        )
+
+    def load(self, folder: Path, step: int) -> None:
+        tensors = load_file(folder / MODELS_FILE)
+        for part, model in self._models().items():
+            model.load_state_dict(
+                {k[len(part) + 1 :]: v.to(self.device) for k, v in tensors.items() if k.startswith(part + ".")}
+            )
+        self.random.set_state(tensors["rng"])
+        optimizers = torch.load(folder / OPTIMIZERS_FILE, weights_only=True, map_location=self.device)
+        self.g_optimizer.load_state_dict(optimizers["generator"])
+        self.d_optimizer.load_state_dict(optimizers["discriminator"])
+        self.step = step
+
+    def _models(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator, "ema": self.ema}
+
+
+class GanDiverged(RSDistillError):
+    """A GAN loss became NaN or infinite."""
+
+    def __init__(self, step: int, loss: str, value: float, where: str = "") -> None:
+        self.step, self.loss, self.value = step, loss, value
+        kept = f" The last checkpoint is kept in {where}." if where else ""
+        super().__init__(
+            f"The GAN's {loss} loss is {value} at step {step}: training diverged. To train again, "
+            f"{DIVERGED_ADVICE}.{kept}"
+        )
+
+
+def save_training_checkpoint(
+    trainer: GanTrainer, out: Path, settings: dict[str, Any], history: list[dict[str, float]], total_limit: int | None
+) -> Path:
+    """Writes ``checkpoint-<step>`` under a temporary name and renames it, keeping at most `total_limit`."""
+    final = out / f"{PREFIX}{trainer.step}"
+    partial = out / f".{PREFIX}{trainer.step}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    trainer.save(partial)
+    write_text_atomic(
+        partial / STATE_FILE, json.dumps({"step": trainer.step, "settings": settings, "history": history}, indent=2)
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    if total_limit is not None:
+        older = [path for number, path in list_checkpoints(out) if number != trainer.step]
+        for path in older[: max(0, len(older) - total_limit + 1)]:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def load_classifier_or_train(
+    out: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    settings: GanSettings,
+    val_fraction: float,
+    seed: int,
+    device: torch.device,
+) -> LatentClassifier:
+    """The consistency classifier of a training folder, trained and saved first when it is not there yet."""
+    folder = out / CLASSIFIER_FOLDER
+    if (folder / "config.json").is_file():
+        return LatentClassifier.from_pretrained(folder)
+    model = train_pixel_classifier(
+        images, labels, classes, settings.classifier_steps, val_fraction, seed, device, settings.progress
+    )
+    partial = out / f".{CLASSIFIER_FOLDER}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    partial.rename(folder)
+    return model
+
+
+def train_gan(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    settings: GanSettings,
+    out: str | Path,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    val_fraction: float = 0.1,
+) -> GanGenerator:
+    """Trains the GAN on `images` into the folder `out` (see the module docstring), resuming from its latest
+    checkpoint when `settings.resume_from_checkpoint` says so, and returns the EMA generator.
+
+    Args:
+        images: uint8 images (N, R, R, 3); R is the generator's resolution.
+        labels: Class indices (N,).
+        classes: Class names.
+        settings: What trains it (`GanSettings.from_config`).
+        out: The training folder (the GAN stage's partial folder in `rsdistill run`).
+        seed: Seeds the weights, the batches, the latents and the augmentation.
+        device: Where to train.
+        val_fraction: Share of `images` held out to pick the consistency classifier's weights.
+
+    Raises:
+        RSDistillError: For a resolution the generator cannot make, a checkpoint made with other settings, a loss
+            that becomes NaN (`GanDiverged`), or a collapse; the checkpoints stay in `out`.
+    """
+    out, device = Path(out), torch.device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    config = GanConfig(len(classes), images.shape[1], settings.latent_dim, settings.width, list(classes))
+    check_gan_shape(config.resolution, config.latent_dim, config.width)
+    identity = {**settings.identity(), "resolution": config.resolution, "seed": seed, "images": len(images)}
+    resume = find_resume_point(out, settings.resume_from_checkpoint, identity)
+    classifier = load_classifier_or_train(out, images, labels, classes, settings, val_fraction, seed, device)
+    trainer = GanTrainer(config, settings, classifier, seed, device)
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        step, path = resume
+        trainer.load(path, step)
+        history = json.loads((path / STATE_FILE).read_text()).get("history", [])
+        print(f"[gan] resumed from {path}")
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    label_tensor = torch.as_tensor(labels, dtype=torch.long)
+    reals = real_spreads(images, labels, len(classes))
+    checks: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    last = resume[1] if resume else None
+    bar = tqdm(total=settings.steps, initial=trainer.step, desc="gan", disable=not settings.progress)
+    while trainer.step < settings.steps:
+        try:
+            values = trainer.train_step(pixels, label_tensor)
+        except GanDiverged as error:
+            raise GanDiverged(error.step, error.loss, error.value, str(last or out)) from None
+        bar.update(1)
+        if trainer.step % LOG_EVERY == 0 or trainer.step == settings.steps:
+            history.append({"step": trainer.step, **{k: round(v, 5) for k, v in values.items()}})
+            bar.set_postfix(d=f"{values['discriminator']:.3f}", g=f"{values['adversarial']:.3f}")
+        if trainer.step % settings.checkpointing_steps == 0 or trainer.step == settings.steps:
+            last = save_training_checkpoint(trainer, out, identity, history, settings.checkpoints_total_limit)
+            ratios = collapse_ratios(trainer.ema, reals, seed + 1)
+            checks.append({"step": trainer.step, "spread_ratio": dict(zip(classes, ratios, strict=True))})
+            if trainer.step >= COLLAPSE_CHECK_FROM:
+                check_collapse(ratios, list(classes), settings.collapse_fraction, trainer.step, str(last))
+    bar.close()
+    trainer.ema.save_pretrained(out / GENERATOR_FOLDER)
+    report = {
+        "settings": identity,
+        "history": history,
+        "collapse_checks": checks,
+        "real_spread": reals,
+        "seconds_this_invocation": round(time.perf_counter() - start, 1),
+        "classifier_val_accuracy": classifier.config.val_accuracy,
+    }
+    write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2))
+    return trainer.ema

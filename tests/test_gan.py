@@ -1,0 +1,178 @@
+"""The pixel-space GAN (generator.kind: gan) on tiny sizes: training, resume, regularisers, failures."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rsdistill.core.config import GeneratorConfig
+from rsdistill.core.errors import RSDistillError
+from rsdistill.generator import gan_training
+from rsdistill.generator.gan import GanConfig, GanGenerator
+from rsdistill.generator.gan_losses import diff_augment, parse_policy
+from rsdistill.generator.gan_training import (
+    GanDiverged,
+    GanSettings,
+    GanTrainer,
+    check_collapse,
+    collapse_ratios,
+    real_spreads,
+    train_gan,
+)
+from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
+from tests.generator_helpers import one_thread
+
+CLASSES = ["forest", "lake", "town"]
+TINY = GeneratorConfig(
+    kind="gan",
+    max_train_steps=4,
+    train_batch_size=6,
+    checkpointing_steps=2,
+    classifier_steps=3,
+    gan_latent_dim=8,
+    gan_width=4,
+    progress=False,
+)
+
+
+def tiny_data(side: int = 16, per_class: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy images of one tint per class."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(CLASSES)), per_class)
+    tints = np.array([[40, 120, 40], [30, 60, 160], [150, 150, 150]])
+    images = np.clip(tints[labels][:, None, None] + rng.normal(0, 25, (len(labels), side, side, 3)), 0, 255)
+    return images.astype(np.uint8), labels
+
+
+def train(out: Path, config: GeneratorConfig = TINY) -> GanGenerator:
+    images, labels = tiny_data()
+    with one_thread():
+        return train_gan(images, labels, CLASSES, GanSettings.from_config(config), out, seed=0)
+
+
+def test_gan_trains_checkpoints_and_resumes_to_identical_weights(tmp_path: Path, monkeypatch) -> None:
+    train(tmp_path / "whole")
+    original = GanTrainer.train_step
+
+    def interrupted(self: GanTrainer, *args: object) -> dict[str, float]:
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(GanTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed")
+    assert [p.name for p in sorted((tmp_path / "resumed").glob("checkpoint-*"))] == ["checkpoint-2"]
+    monkeypatch.setattr(GanTrainer, "train_step", original)
+    train(tmp_path / "resumed")
+    for name in ("checkpoint-4/models.safetensors", "generator/model.safetensors"):
+        whole, resumed = load_file(tmp_path / "whole" / name), load_file(tmp_path / "resumed" / name)
+        assert whole.keys() == resumed.keys()
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), name
+    report = (tmp_path / "whole" / "training.json").read_text()
+    assert '"uniformity"' in report and '"entropy"' in report  # measured even when off
+
+
+def test_uniformity_and_entropy_change_the_generator_loss() -> None:
+    settings = GanSettings.from_config(TINY)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def losses(**weights: float) -> dict[str, float]:
+        torch.manual_seed(0)
+        classifier = LatentClassifier(LatentClassifierConfig(3, 3, 8, norm="batch"))
+        trainer = GanTrainer(GanConfig(3, 16, 8, 4), replace(settings, **weights), classifier, 0, torch.device("cpu"))
+        return {k: float(v.detach()) for k, v in trainer.generator_losses(labels).items()}
+
+    with one_thread():
+        off, ur, er = losses(), losses(uniformity_weight=0.5), losses(entropy_weight=0.5)
+    base = off["adversarial"] + settings.consistency_lambda * off["consistency"]
+    assert off["generator"] == pytest.approx(base)
+    assert off["uniformity"] != 0 and off["entropy"] != 0  # measured, but add nothing when off
+    assert ur["generator"] == pytest.approx(base + 0.5 * off["uniformity"])
+    assert er["generator"] == pytest.approx(base + 0.5 * off["entropy"])
+    assert ur["generator"] != off["generator"] != er["generator"]
+
+
+def test_a_nan_loss_stops_with_a_named_error_and_keeps_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    original = gan_training.entropy_loss
+    calls = {"n": 0}
+
+    def poisoned(features: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return original(features) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(gan_training, "entropy_loss", poisoned)
+    with pytest.raises(GanDiverged) as error:
+        train(tmp_path / "gan")
+    message = str(error.value)
+    assert "entropy loss is nan at step 3" in message and "gan_learning_rate" in message
+    assert "checkpoint-2" in message and (tmp_path / "gan" / "checkpoint-2").is_dir()
+
+
+def test_a_generator_that_ignores_z_is_detected_as_collapsed(tmp_path: Path) -> None:
+    images, labels = tiny_data()
+    reals = real_spreads(images, labels, len(CLASSES))
+    torch.manual_seed(0)
+    generator = GanGenerator(GanConfig(3, 16, 8, 4)).eval()
+    assert min(collapse_ratios(generator, reals, seed=1)) > 0
+    with torch.no_grad():
+        generator.project.weight[:, :8] = 0  # the first latent_dim inputs are z, the rest the class embedding
+    ratios = collapse_ratios(generator, reals, seed=1)
+    assert max(ratios) < 1e-6
+    with pytest.raises(RSDistillError, match=r"collapsed at step 7: for forest \(0.000\)"):
+        check_collapse(ratios, CLASSES, 0.05, 7, "somewhere")
+
+
+def test_collapse_stops_training_and_keeps_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(gan_training, "COLLAPSE_CHECK_FROM", 0)
+    with pytest.raises(RSDistillError, match="collapsed at step 2") as error:
+        train(tmp_path / "gan", replace(TINY, gan_collapse_fraction=0.999))
+    assert "gan_uniformity_weight" in str(error.value) and (tmp_path / "gan" / "checkpoint-2").is_dir()
+
+
+def test_generator_save_and_load_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    generator = GanGenerator(GanConfig(3, 32, 8, 4, classes=CLASSES)).eval()
+    generator.save_pretrained(tmp_path / "g")
+    loaded = GanGenerator.from_pretrained(tmp_path / "g")
+    z, labels = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        made = generator(z, labels)
+    assert made.shape == (4, 3, 32, 32) and made.abs().max() <= 1
+    assert torch.equal(made, loaded(z, labels)) and loaded.config.classes == CLASSES
+    with pytest.raises(RSDistillError, match="not a GAN generator folder"):
+        GanGenerator.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"gan_diffaugment": "color,zoom"}, "gan_diffaugment"),
+        ({"mixed_precision": "bf16"}, "mixed_precision=no"),
+        ({"gan_uniformity_weight": -1.0}, "gan_uniformity_weight"),
+        ({"gan_ema_decay": 1.0}, "gan_ema_decay"),
+        ({"train_batch_size": 1}, "train_batch_size"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(change: dict[str, object], message: str) -> None:
+    with pytest.raises(RSDistillError, match=message):
+        GanSettings.from_config(replace(TINY, **change))
+
+
+def test_a_resolution_the_generator_cannot_make_is_refused() -> None:
+    with pytest.raises(RSDistillError, match=r"data\.resolution is 48"):
+        GanGenerator(GanConfig(3, 48))
+
+
+def test_diffaugment_is_seeded_and_keeps_the_shape() -> None:
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    policy = parse_policy("color,translation,cutout")
+    first = diff_augment(x, policy, torch.Generator().manual_seed(0))
+    assert first.shape == x.shape and not torch.equal(first, x)
+    assert torch.equal(first, diff_augment(x, policy, torch.Generator().manual_seed(0)))
+    assert parse_policy("none") == ()
