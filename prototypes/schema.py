@@ -113,9 +113,7 @@ def load_prototypes(folder: str | Path) -> PrototypeSet:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RSDistillError(f"{path} is not a valid prototypes file ({error}); make it again.") from None
     except (OSError, ValueError) as error:
-        raise RSDistillError(
-            f"Cannot read the arrays of {folder} ({error}); make the prototypes again."
-        ) from None
+        raise RSDistillError(f"Cannot read the arrays of {folder} ({error}); make the prototypes again.") from None
     if len(centroids) != len(prototypes) or len(representatives) != len(prototypes):
         raise RSDistillError(f"{folder}: the .npy arrays do not have one row per prototype; make it again.")
     return result

@@ -10,6 +10,7 @@ import numpy as np
 
 from rsdistill.core.artifacts import Stage
 from rsdistill.core.config import PrototypeConfig
+from rsdistill.core.distributed import build_stage, processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.context import RunContext
 from rsdistill.prototypes.checks import check_ipc, note_small_classes
@@ -54,9 +55,7 @@ def build_prototypes(
         dataset, dataset_fingerprint, resolution: Recorded in the result.
     """
     if config.rule not in RULES:
-        raise RSDistillError(
-            f"Unknown representative rule {config.rule!r} (--rule); use one of {', '.join(RULES)}."
-        )
+        raise RSDistillError(f"Unknown representative rule {config.rule!r} (--rule); use one of {', '.join(RULES)}.")
     counts = {name: int(np.sum(features.labels == label)) for label, name in enumerate(classes)}
     check_ipc(counts, config.ipc)
     note_small_classes(counts, config.ipc)
@@ -111,6 +110,10 @@ def run_prototypes(
 ) -> Path:
     """Runs the prototypes stage into the stage folder `out` (skipped when already done); returns it.
 
+    Under ``accelerate launch`` or ``torchrun`` every process calls this: the processes share the encoding of
+    the train split (`encode_split`, each on its own device) and the main process, which holds the stage,
+    clusters and writes the prototypes while the others wait. The prototypes are those of one process.
+
     Args:
         context: The dataset (only its train split is read), resolution, cache, device and seed (k-means).
         config: The stage's settings.
@@ -122,8 +125,9 @@ def run_prototypes(
     faiss_gpu(config.faiss_device)  # refused before anything is encoded
     spec = f"vae:{vae}" if config.encoder == "vae" and vae else config.encoder
     config = PrototypeConfig(**{**asdict(config), "encoder": spec})
+    procs = processes(context.device)
     encoder = load_encoder(
-        spec, device=context.device, batch_size=config.batch_size, pool=config.pool, image_size=config.encoder_size
+        spec, device=procs.device, batch_size=config.batch_size, pool=config.pool, image_size=config.encoder_size
     )
     out = Path(out)
     stage = Stage(
@@ -136,18 +140,26 @@ def run_prototypes(
     if stage.done:
         return stage.path
     extra: dict[str, float | int] = {}
-    with stage.build(extra) as work:
+    with build_stage(stage, procs, extra) as work:
         start = time.perf_counter()
         features = encode_split(
-            dataset, "train", resolution, encoder, cache_dir=context.cache_dir, on_bad_image=context.on_bad_image
+            dataset,
+            "train",
+            resolution,
+            encoder,
+            cache_dir=context.cache_dir,
+            on_bad_image=context.on_bad_image,
+            procs=procs,
         )
-        extra["encode_s"] = round(time.perf_counter() - start, 3)
-        start = time.perf_counter()
-        prototypes = build_prototypes(
-            features, dataset.classes, config, seed, dataset.name, dataset.fingerprint, resolution
-        )
-        extra["kmeans_s"] = round(time.perf_counter() - start, 3)
-        extra["prototypes"] = len(prototypes.prototypes)
-        extra["feature_dim"] = int(features.features.shape[1])
-        prototypes.save(work)
+        if procs.is_main:
+            extra["encode_s"] = round(time.perf_counter() - start, 3)
+            start = time.perf_counter()
+            prototypes = build_prototypes(
+                features, dataset.classes, config, seed, dataset.name, dataset.fingerprint, resolution
+            )
+            extra["kmeans_s"] = round(time.perf_counter() - start, 3)
+            extra["prototypes"] = len(prototypes.prototypes)
+            extra["feature_dim"] = int(features.features.shape[1])
+            extra["processes"] = procs.count
+            prototypes.save(work)
     return stage.path

@@ -1,9 +1,11 @@
-"""Two real processes on the CPU (torchrun, gloo): one training, the same set and the same scores as one process.
+"""Two real processes on the CPU (torchrun, gloo): the same prototypes, one training, the same set, the same
+Inception features and the same scores as one process.
 
-One torchrun launch runs ``finetune``, ``generate`` and ``evaluate`` as command lines (tests/distributed_worker.py),
-so torch and diffusers are imported once per process; each test then compares one command's output with a
-single process's. A launch this machine cannot serve (a multi-GPU config without GPUs, more processes than GPUs)
-is refused before any work, with the environment `accelerate launch --multi_gpu` sets.
+One torchrun launch runs ``prototypes``, ``finetune``, ``generate`` and ``evaluate`` as command lines, and the
+Inception features of fid and kid (tests/distributed_worker.py), so torch and diffusers are imported once per
+process; each test then compares one command's output with a single process's. A launch this machine cannot
+serve (a multi-GPU config without GPUs, more processes than GPUs) is refused before any work, with the
+environment `accelerate launch --multi_gpu` sets.
 """
 
 from __future__ import annotations
@@ -20,26 +22,44 @@ import torch
 
 import rsdistill.core.distributed as distributed
 from rsdistill.cli.main import main
-from rsdistill.core.config import EvalConfig
+from rsdistill.core.config import EvalConfig, PrototypeConfig
 from rsdistill.core.distributed import Launch, check_launch, processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset
-from rsdistill.data.imageset import write_image_set
+from rsdistill.data.imageset import read_image_set, write_image_set
 from rsdistill.data.sources import load_dataset
 from rsdistill.evaluate.evaluation import evaluate_sets
+from rsdistill.evaluate.metrics import fid, inception_features, kid, split_features
 from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
 from rsdistill.generator.tiny import tiny_sd_folder
+from rsdistill.prototypes import encode_split, load_encoder, load_prototypes, run_prototypes
 from rsdistill.synthesis.synthesize import synthesize
 from tests.conftest import TINTS, write_image
+from tests.distributed_worker import INCEPTION_BATCH
 from tests.generator_helpers import one_thread
 from tests.test_synthesis import CONFIG, files_of, write_prototypes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["forest", "lake", "town"]
 STEPS = 3
-EVAL = ["--runs", "3", "--resolution", "16", "--steps", "3", "--no-compile", "--precision", "fp32",
-        "--baselines", "random", "--metrics", "mia"]
+EVAL = [
+    "--runs",
+    "3",
+    "--resolution",
+    "16",
+    "--steps",
+    "3",
+    "--no-compile",
+    "--precision",
+    "fp32",
+    "--baselines",
+    "random",
+    "--metrics",
+    "mia",
+]
+# 15 train images in encoder batches of 2: 8 batches, 4 encoded by each process.
+PROTOTYPES = ["--resolution", "16", "--ipc", "2", "--batch_size", "2", "--seed", "5"]
 # What `accelerate launch --multi_gpu --num_processes 2` gives the first process on a machine without GPUs.
 MULTI_GPU_ENV = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
 
@@ -64,38 +84,90 @@ class Inputs:
         train = self.dataset.images("train", 16, cache_dir=root / "cache")
         index = np.concatenate([np.flatnonzero(train.labels == label)[:2] for label in range(len(CLASSES))])
         records = [{"method": "random", "source_key": train.keys[i]} for i in index]
-        self.set = write_image_set(root / "coreset", np.asarray(train.images[index]), train.labels[index], CLASSES,
-                                   records=records)
+        self.set = write_image_set(
+            root / "coreset", np.asarray(train.images[index]), train.labels[index], CLASSES, records=records
+        )
+        self.root = root
         self.out = root / "two"
 
     def commands(self) -> list[list[str]]:
         data = ["--dataset", self.spec]
+        bundle, out = str(self.bundle), self.out
+        finetune = f"--resolution 16 --train_batch_size 2 --max_train_steps {STEPS} --checkpointing_steps {STEPS}"
+        finetune += f" --learning_rate 1e-3 --no-progress generator.validation_steps=null --output_dir {out}/generator"
+        sampling = "--ipc 2 --seed 3 --num_inference_steps 2 --candidates 2 --batch_size 4 --guidance_scale 2.0"
+        sampling += f" --generator {bundle} --prototypes {self.prototypes} --out {out}/synthesis"
         return [
-            ["finetune", *data, "--pretrained_model_name_or_path", str(self.bundle), "--output_dir",
-             str(self.out / "generator"), "--resolution", "16", "--train_batch_size", "2", "--max_train_steps",
-             str(STEPS), "--checkpointing_steps", str(STEPS), "--learning_rate", "1e-3", "--no-progress",
-             "generator.validation_steps=null"],
-            ["generate", *data, "--generator", str(self.bundle), "--prototypes", str(self.prototypes), "--ipc", "2",
-             "--out", str(self.out / "synthesis"), "--seed", "3", "--num_inference_steps", "2", "--candidates", "2",
-             "--batch_size", "4", "--guidance_scale", "2.0"],
+            # first, so that no latents cached by fine-tuning stand in for the encoding
+            ["prototypes", *data, "--encoder", f"vae:{bundle}", "--out", str(out / "run"), *PROTOTYPES],
+            ["inception", self.spec, str(self.set), "16", str(out / "inception.npz")],
+            ["finetune", *data, "--pretrained_model_name_or_path", bundle, *finetune.split()],
+            ["generate", *data, *sampling.split()],
             ["evaluate", str(self.set), *data, "--out", str(self.out / "report"), *EVAL],
         ]
 
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    """The three commands, run once by two processes: ``torchrun --nproc_per_node 2`` with ACCELERATE_USE_CPU=1."""
+    """The commands, run once by two processes: ``torchrun --nproc_per_node 2`` with ACCELERATE_USE_CPU=1."""
     root = tmp_path_factory.mktemp("distributed")
     inputs = Inputs(root)
     commands = root / "commands.json"
     commands.write_text(json.dumps(inputs.commands()))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "RSDISTILL_CACHE": str(root / "cache"), "PYTHONPATH": str(ROOT)}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              str(ROOT / "tests" / "distributed_worker.py"), str(commands)]
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "RSDISTILL_CACHE": str(root / "cache"),
+        "PYTHONPATH": str(ROOT),
+    }
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "distributed_worker.py"),
+        str(commands),
+    ]
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600, cwd=root)
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     return inputs
+
+
+def test_prototypes_from_features_encoded_by_two_processes(launched: Inputs, tmp_path: Path) -> None:
+    config = PrototypeConfig(encoder=f"vae:{launched.bundle}", ipc=2, batch_size=2)
+    with one_thread():
+        one = run_prototypes(RunContext.of(launched.dataset, seed=5, resolution=16), config, tmp_path / "prototypes")
+        features = encode_split(launched.dataset, "train", 16, load_encoder(config.encoder, "cpu", batch_size=2))
+    two = launched.out / "run" / "prototypes"
+    assert json.loads((two / "manifest.json").read_text())["processes"] == 2
+    (cached,) = (launched.root / "cache" / "features").rglob("train-16px-vae*.npy")  # written by the main process
+    np.testing.assert_allclose(np.load(cached), features.features, rtol=0, atol=1e-6)
+    assert json.loads(cached.with_suffix(".json").read_text())["keys"] == features.keys
+    mine, theirs = load_prototypes(one), load_prototypes(two)
+    assert [(p.id, p.source_key, p.members) for p in theirs.prototypes] == [
+        (p.id, p.source_key, p.members) for p in mine.prototypes
+    ]  # the same clusters and representatives
+    np.testing.assert_allclose(theirs.representatives, mine.representatives, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(theirs.centroids, mine.centroids, rtol=0, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # 15 and 6 images in 2048 dimensions
+def test_inception_features_shared_by_two_processes(launched: Inputs) -> None:
+    two = np.load(launched.out / "inception.npz")
+    with one_thread():
+        real = split_features(launched.dataset, "train", 16, batch_size=INCEPTION_BATCH)
+        images = read_image_set(launched.set, CLASSES, resolution=16).images
+        fake = inception_features(images, INCEPTION_BATCH)
+    assert two["real"].shape == (15, 2048) and two["fake"].shape == (6, 2048)
+    np.testing.assert_allclose(two["real"], real, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(two["real_cached"], two["real"])  # read back from the main process's cache
+    np.testing.assert_allclose(two["fake"], fake, rtol=1e-6, atol=1e-6)
+    assert fid(two["real"], two["fake"]) == pytest.approx(fid(real, fake), rel=1e-6)
+    assert kid(two["real"], two["fake"])[0] == pytest.approx(kid(real, fake)[0], rel=1e-6, abs=1e-9)
 
 
 def test_finetuning_trains_once_across_two_processes(launched: Inputs) -> None:
@@ -108,8 +180,15 @@ def test_finetuning_trains_once_across_two_processes(launched: Inputs) -> None:
 
 def test_sharded_synthesis_writes_the_single_process_set(launched: Inputs, tmp_path: Path) -> None:
     with one_thread():
-        synthesize(RunContext.of(launched.dataset, seed=3), CONFIG, tmp_path / "one", launched.bundle,
-                   launched.prototypes, None, ipc=2)
+        synthesize(
+            RunContext.of(launched.dataset, seed=3),
+            CONFIG,
+            tmp_path / "one",
+            launched.bundle,
+            launched.prototypes,
+            None,
+            ipc=2,
+        )
     two = launched.out / "synthesis"
     assert files_of(two) == files_of(tmp_path / "one")  # byte-identical set and grid
     assert json.loads((two / "manifest.json").read_text())["processes"] == 2

@@ -33,6 +33,7 @@ from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import resolve_device
 
 T = TypeVar("T")
+R = TypeVar("R")
 WORLD_SIZE = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 LOCAL_RANK = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
@@ -73,8 +74,13 @@ class Launch:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Launch:
         env = os.environ if env is None else env
         processes = _first_int(env, WORLD_SIZE, 1)
-        return cls(processes, _first_int(env, RANK, 0), _first_int(env, LOCAL_RANK, 0),
-                   _first_int(env, LOCAL_SIZE, processes), env.get("ACCELERATE_USE_CPU", "").strip().lower() in TRUE)
+        return cls(
+            processes,
+            _first_int(env, RANK, 0),
+            _first_int(env, LOCAL_RANK, 0),
+            _first_int(env, LOCAL_SIZE, processes),
+            env.get("ACCELERATE_USE_CPU", "").strip().lower() in TRUE,
+        )
 
 
 def check_launch(launch: Launch, device: str, gpus: int) -> bool:
@@ -161,6 +167,44 @@ class Processes:
         values: list[Any] = [None] * self.count
         torch.distributed.all_gather_object(values, value, group=self.group)
         return values
+
+    def map_sharded(self, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """`work(item)` for every item, each computed by one process (this one does its `shard`), in the order
+        of `items`, on every process.
+
+        Every process must call it with the same `items`; with one process it is ``[work(i) for i in items]``.
+        """
+        mine = [(position, work(items[position])) for position in self.shard(range(len(items)))]
+        results: list[Any] = [None] * len(items)
+        for part in self.gather(mine):
+            for position, result in part:
+                results[position] = result
+        return results
+
+    def found_on_main(self, find: Callable[[], T | None], what: str) -> T | None:
+        """What `find` reads from disk (a cache), the same on every process: the main process looks first and
+        the others look only when it found something, so that every process takes the same branch.
+
+        Args:
+            find: Reads the thing, or returns None when it is not there.
+            what: The thing, for the error below.
+
+        Raises:
+            RSDistillError: When the main process found it but another process does not see it (a folder that
+                does not lie on a filesystem every machine sees).
+        """
+        found = find() if self.is_main else None
+        if not self.share(found is not None):
+            return None
+        if found is None:
+            found = find()
+            if found is None:
+                raise RSDistillError(
+                    f"The main process of this launch found {what}, but process {self.rank} does not see it: "
+                    "with several machines, RSDISTILL_CACHE, data.cache_dir and the output folders must lie on a "
+                    "filesystem every machine sees (docs/scaling.md)."
+                )
+        return found
 
     def share(self, value: T | None) -> T:
         """The main process's `value` (picklable), on every process; what the others pass is ignored."""
