@@ -6,6 +6,7 @@ in a shared folder keyed by their fingerprint, so one generator trained per data
     <shared_dir>/<dataset>/base-<fp>/          from-scratch bundle (VAE + UNet + text encoder) + latent classifier
     <shared_dir>/<dataset>/captions-<fp>/      one caption per train image
     <shared_dir>/<dataset>/generator-<fp>/     the fine-tuned bundle (checkpoints while training)
+    <shared_dir>/<dataset>/gan-<fp>/           generator.kind gan, instead of the three above: the pixel-space GAN
     <run_dir>/prototypes/  <run_dir>/prompts/  <run_dir>/synthesis/set/  <run_dir>/refine/set/  <run_dir>/report/
 
 A run holds the lock of its run folder (``<run_dir>/.rsdistill-run.lock``) from start to end and each stage the
@@ -45,16 +46,20 @@ from rsdistill.generator.base import fit_latent_classifier, scratch_preset
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, check_bundle_source, load_bundle
 from rsdistill.generator.finetune import finetune
 from rsdistill.generator.finetune_config import check_finetune
+from rsdistill.generator.gan import check_gan_shape
+from rsdistill.generator.gan_training import GanSettings, train_gan
 from rsdistill.generator.scratch import init_scratch
 from rsdistill.prototypes import run_prototypes
 from rsdistill.prototypes.checks import check_ipc
 from rsdistill.prototypes.encoders import load_encoder
 from rsdistill.prototypes.kmeans import faiss_gpu
+from rsdistill.synthesis.gan_synthesis import check_gan_synthesis, synthesize_gan
 from rsdistill.synthesis.near_copy import DEFAULT_SPACE
 from rsdistill.synthesis.refine import check_refine, refine_set
 from rsdistill.synthesis.synthesize import folder_fingerprint, sampler_settings, synthesize
 
 SPLIT_FILE = RUN_SPLIT_FILE
+GENERATOR_KINDS = ("diffusion", "gan")
 RUN_LOCK = ".rsdistill-run.lock"
 
 
@@ -92,18 +97,22 @@ class Run:
         config, context = self.config, self.context
         resolve_device(config.device)
         g = config.generator
-        base_settings(g, context.resolution)
-        if g.pretrained_model_name_or_path:
-            check_bundle_source(g.pretrained_model_name_or_path)
-        check_finetune(replace(g, pretrained_model_name_or_path=str(self.shared), output_dir=str(self.shared)))
-        if g.prompts == "captions":
+        if is_gan(g):
+            check_gan(config, context.resolution)
+        else:
+            base_settings(g, context.resolution)
+            if g.pretrained_model_name_or_path:
+                check_bundle_source(g.pretrained_model_name_or_path)
+            check_finetune(replace(g, pretrained_model_name_or_path=str(self.shared), output_dir=str(self.shared)))
+        if uses_captions(g):
             check_captions(config.captions, config.device)
         check_ipc(self.dataset.class_counts("train"), config.prototypes.ipc, "prototypes.ipc")
         faiss_gpu(config.prototypes.faiss_device)
         for spec in (config.prototypes.encoder, config.synthesis.near_copy_space):
             if spec not in ("vae", DEFAULT_SPACE):
                 load_encoder(spec, device=config.device)
-        sampler_settings(config.synthesis)
+        if not is_gan(g):
+            sampler_settings(config.synthesis)
         if config.refine.iterations != 0:
             check_refine(config.refine)
         if evaluate:
@@ -146,7 +155,7 @@ class Run:
 
     # Stage 3a: one caption per train image (what the generator is fine-tuned on).
     def image_captions(self) -> Path | None:
-        if self.config.generator.prompts != "captions":
+        if not uses_captions(self.config.generator):
             return None
         settings = to_dict(self.config.captions)
         inputs = {"data": self.dataset.fingerprint, "resolution": str(self.config.data.resolution)}
@@ -174,6 +183,26 @@ class Run:
         self.record("generator", folder)
         return folder
 
+    # Stage 4 for generator.kind gan: the pixel-space GAN and its pixel classifier, instead of stages 3a, 4a, 4b.
+    def gan_generator(self) -> Path:
+        """Trains the GAN into its shared stage folder (resuming from the latest checkpoint) and returns it."""
+        settings = gan_stage_settings(self.config, self.context.resolution)
+        inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
+        folder = self.shared_path("gan", settings, inputs)
+        stage = Stage(folder.parent, folder.name, settings, inputs, family="gan")
+        if not stage.done:
+            print(f"[gan] training into {folder} (resumes from its latest checkpoint)")
+            build_alone(self.procs, stage, self._build_gan)
+        self.record("gan", folder)
+        return folder
+
+    def _build_gan(self, work: Path) -> None:
+        train = self.context.images("train")
+        training = replace(self.config.generator, resume_from_checkpoint="latest")
+        train_gan(train.images, train.labels, self.dataset.classes, GanSettings.from_config(training), work,
+                  seed=self.config.seed, device=resolve_device(self.config.device),
+                  val_fraction=self.config.data.val_fraction)
+
     def prototypes(self, bundle: Path) -> Path:
         """The prototypes stage: every process encodes its share of the train split, the main process clusters."""
         folder = run_prototypes(self.context, self.config.prototypes, self.run_dir / "prototypes", vae=str(bundle))
@@ -181,7 +210,7 @@ class Run:
         return folder
 
     def prompts(self, prototypes: Path, captions: Path | None) -> Path | None:
-        if self.config.generator.prompts != "captions":
+        if not uses_captions(self.config.generator):
             return None
         folder = self.procs.on_main(lambda: run_captions(self.context, self.config.captions, self.run_dir / "prompts",
                                                          prototypes=prototypes, captions_from=captions))
@@ -189,6 +218,11 @@ class Run:
         return folder
 
     def synthesis(self, bundle: Path, prototypes: Path, prompts: Path | None) -> Path:
+        if is_gan(self.config.generator):
+            set_dir = synthesize_gan(self.context, self.config.synthesis, self.config.generator,
+                                     self.run_dir / "synthesis", bundle, prototypes, ipc=self.config.prototypes.ipc)
+            self.record("synthesis", self.run_dir / "synthesis")
+            return set_dir
         set_dir = synthesize(self.context, self.config.synthesis, self.run_dir / "synthesis", bundle, prototypes,
                              prompts, ipc=self.config.prototypes.ipc,
                              class_labels_value=self.config.generator.class_labels_value)
@@ -247,6 +281,43 @@ def base_settings(g: GeneratorConfig, resolution: int) -> dict[str, Any]:
     return settings
 
 
+def is_gan(g: GeneratorConfig) -> bool:
+    """Whether `g` asks for the pixel-space GAN (refusing an unknown generator.kind)."""
+    if g.kind not in GENERATOR_KINDS:
+        raise RSDistillError(f"generator.kind {g.kind!r} is unknown; use {' or '.join(GENERATOR_KINDS)}.")
+    return g.kind == "gan"
+
+
+def uses_captions(g: GeneratorConfig) -> bool:
+    """Whether the run captions images: a diffusion generator prompted with captions (the GAN takes classes)."""
+    return not is_gan(g) and g.prompts == "captions"
+
+
+def check_gan(config: RunConfig, resolution: int) -> None:
+    """Refuses, by name, the settings a GAN run cannot honour (see `GanSettings`, `check_gan_synthesis`)."""
+    g = config.generator
+    GanSettings.from_config(g)
+    check_gan_shape(resolution, g.gan_latent_dim, g.gan_width)
+    if g.pretrained_model_name_or_path:
+        raise RSDistillError(
+            "generator.pretrained_model_name_or_path names a diffusion bundle; generator.kind=gan trains its GAN "
+            "from scratch. Drop the setting, or use generator.kind=diffusion."
+        )
+    if config.prototypes.encoder == "vae":
+        raise RSDistillError(
+            "prototypes.encoder=vae means the generator's VAE, and generator.kind=gan has none. Set "
+            "prototypes.encoder to efficientnet-lite0 (ImageNet features) or pixels."
+        )
+    check_gan_synthesis(config.synthesis, g)
+
+
+def gan_stage_settings(config: RunConfig, resolution: int) -> dict[str, Any]:
+    """What identifies the GAN stage: the settings that decide its weights, the resolution and the share of the
+    train split held out for its classifier."""
+    settings = GanSettings.from_config(config.generator).identity()
+    return {**settings, "resolution": resolution, "val_fraction": config.data.val_fraction}
+
+
 def build_alone(procs: Processes, stage: Stage, make: Callable[[Path], None]) -> None:
     """Builds `stage` with `make(work)` on the main process while the others wait (what is not split)."""
 
@@ -290,9 +361,12 @@ def run_stages(run: Run, evaluate: bool) -> Path:
     if run.procs.is_main:
         write_text_atomic(run.run_dir / "config.yaml", dump_config(config))
     start = time.perf_counter()
-    base, classifier = run.base_generator()
-    captions = run.image_captions()
-    bundle = run.generator(base, classifier, captions)
+    if is_gan(config.generator):
+        bundle, captions = run.gan_generator(), None
+    else:
+        base, classifier = run.base_generator()
+        captions = run.image_captions()
+        bundle = run.generator(base, classifier, captions)
     prototypes = run.prototypes(bundle)
     prompts = run.prompts(prototypes, captions)
     set_dir = run.refinement(run.synthesis(bundle, prototypes, prompts))

@@ -176,3 +176,58 @@ def test_diffaugment_is_seeded_and_keeps_the_shape() -> None:
     assert first.shape == x.shape and not torch.equal(first, x)
     assert torch.equal(first, diff_augment(x, policy, torch.Generator().manual_seed(0)))
     assert parse_policy("none") == ()
+
+
+def gan_run_args(root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--dataset", f"imagefolder:{root}", "--ipc", "1", "--resolution", "16",
+        "--out", str(tmp_path / "run"), "--shared-dir", str(tmp_path / "shared"),
+        "generator.kind=gan", "generator.max_train_steps=3", "generator.train_batch_size=4",
+        "generator.checkpointing_steps=2", "generator.classifier_steps=2", "generator.gan_latent_dim=8",
+        "generator.gan_width=4", "generator.gan_inversion_steps=2", "--candidates", "2", "--runs", "1",
+        "--steps", "3", "evaluation.compile=false", "evaluation.baselines=random", "refine.iterations=2",
+        "refine.width=8", "refine.compile=false", *extra,
+    ]  # fmt: skip
+
+
+def test_rsdistill_run_with_the_gan_then_skips_done_stages(make_imagefolder, tmp_path: Path) -> None:
+    import json
+
+    from rsdistill.cli.main import main
+
+    root = make_imagefolder(counts={"forest": 6, "lake": 6}, size=16, test_per_class=1)
+    args = gan_run_args(root, tmp_path, "prototypes.encoder=pixels")
+    with one_thread():
+        assert main(args) == 0
+    run_dir = tmp_path / "run"
+    lines = (run_dir / "synthesis" / "set" / "metadata.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["label"] for r in records) == ["forest", "lake"]
+    assert {r["generator_kind"] for r in records} == {"gan"} and all(r["candidates_tried"] == 2 for r in records)
+    (gan,) = (tmp_path / "shared").glob("*/gan-*")
+    assert (gan / "generator" / "model.safetensors").is_file() and (gan / "classifier" / "config.json").is_file()
+    assert not list((tmp_path / "shared").glob("*/base-*")) and not (run_dir / "prompts").exists()
+    stages = json.loads((run_dir / "stages.json").read_text())["stages"]
+    assert {"gan", "prototypes", "synthesis", "refine"} <= set(stages) and "generator" not in stages
+    done = [gan, run_dir / "prototypes", run_dir / "synthesis", run_dir / "refine"]
+    stamps = {p.name: json.loads((p / "manifest.json").read_text())["finished_at"] for p in done}
+    with one_thread():
+        assert main(args) == 0  # everything done: nothing is rebuilt
+    assert stamps == {p.name: json.loads((p / "manifest.json").read_text())["finished_at"] for p in done}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ((), "prototypes.encoder=vae"),
+    (("prototypes.encoder=pixels", "synthesis.guidance=img2img"), "synthesis.guidance=img2img"),
+    (("prototypes.encoder=pixels", "generator.kind=vq"), "generator.kind 'vq' is unknown"),
+    (("prototypes.encoder=pixels", "--resolution", "24"), "data.resolution is 24"),
+])  # fmt: skip
+def test_a_gan_run_refuses_what_it_cannot_honour_before_any_stage(
+    make_imagefolder, tmp_path: Path, capsys, extra: tuple[str, ...], message: str
+) -> None:
+    from rsdistill.cli.main import main
+
+    root = make_imagefolder(counts={"forest": 3, "lake": 3}, size=16, test_per_class=1)
+    assert main(gan_run_args(root, tmp_path, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "shared").exists()

@@ -328,7 +328,7 @@ class GanTrainer:
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():
             if not torch.isfinite(value).all():
-                raise GanDiverged(self.step + 1, name, float(value))
+                raise GanDiverged(self.step + 1, name, float(value.detach()))
 
     def save(self, folder: Path) -> None:
         """The full training state: models and RNG (safetensors), optimisers (torch.save of plain tensors)."""

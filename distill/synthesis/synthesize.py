@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -220,7 +220,8 @@ def load_classifier(bundle_dir: str | Path, classes: list[str], candidates: int)
     return model
 
 
-def _pixels_for(dataset: SceneDataset, keys: Sequence[str], resolution: int) -> torch.Tensor:
+def pixels_for(dataset: SceneDataset, keys: Sequence[str], resolution: int) -> torch.Tensor:
+    """The train images `keys` of `dataset`, decoded at `resolution`, as pixels in [-1, 1] (N, 3, R, R)."""
     read = dataset_reader(dataset)
     return to_pixels(np.stack([read(dataset.source, key, resolution) for key in keys]))
 
@@ -239,13 +240,58 @@ def prototype_latent(
     total = None
     for start in range(0, len(keys), batch_size):
         latents = bundle.encode_images(
-            _pixels_for(dataset, keys[start : start + batch_size], resolution)
+            pixels_for(dataset, keys[start : start + batch_size], resolution)
         ).float()
         total = latents.sum(0) if total is None else total + latents.sum(0)
     return (total / len(keys)).cpu()
 
 
-class Synthesizer:
+class CandidateSelection:
+    """Keeps, for every target, the best of its candidates (`candidates`, made by a subclass), passing over near
+    copies with ``reject_near_copies`` (`config`: the synthesis settings)."""
+
+    config: SynthesisConfig
+
+    def candidates(self, targets: Sequence[Target], numbers: Sequence[int]) -> list[Candidate]:
+        """Candidates `numbers` of every target, in (target, number) order."""
+        raise NotImplementedError
+
+    def make(self, targets: Sequence[Target]) -> Iterator[tuple[Target, Candidate, dict[str, Any]]]:
+        """The kept candidate of every target, with what it took (candidates tried, near copies rejected)."""
+        count, threshold, reject = (
+            self.config.candidates,
+            self.config.near_copy_threshold,
+            self.config.reject_near_copies,
+        )
+        pending = list(targets)
+        tried: dict[int, list[Candidate]] = {t.index: [] for t in targets}
+        for round_ in range(MAX_ROUNDS if reject else 1):
+            drawn = self.candidates(pending, range(round_ * count, (round_ + 1) * count))
+            for candidate in drawn:
+                tried[candidate.target.index].append(candidate)
+            still = []
+            for target in pending:
+                kept = choose(tried[target.index], threshold, reject)
+                if kept is None:
+                    still.append(target)
+                else:
+                    yield target, kept, self._stats(tried[target.index], threshold, unresolved=False)
+            pending = still
+            if not pending:
+                return
+        for target in pending:
+            farthest = max(tried[target.index], key=lambda c: (c.nearest_distance, -c.number))
+            yield target, farthest, self._stats(tried[target.index], threshold, unresolved=True)
+
+    def _stats(self, tried: list[Candidate], threshold: float, unresolved: bool) -> dict[str, Any]:
+        return {
+            "candidates_tried": len(tried),
+            "near_copy_candidates": sum(c.nearest_distance < threshold for c in tried),
+            "near_copy_unresolved": unresolved,
+        }
+
+
+class Synthesizer(CandidateSelection):
     """Samples, scores and checks candidates for targets; holds the models and the real-image index."""
 
     def __init__(
@@ -305,40 +351,6 @@ class Synthesizer:
                 )
             ]
         return out
-
-    def make(self, targets: Sequence[Target]) -> Iterator[tuple[Target, Candidate, dict[str, Any]]]:
-        """The kept candidate of every target, with what it took (candidates tried, near copies rejected)."""
-        count, threshold, reject = (
-            self.config.candidates,
-            self.config.near_copy_threshold,
-            self.config.reject_near_copies,
-        )
-        pending = list(targets)
-        tried: dict[int, list[Candidate]] = {t.index: [] for t in targets}
-        for round_ in range(MAX_ROUNDS if reject else 1):
-            drawn = self.candidates(pending, range(round_ * count, (round_ + 1) * count))
-            for candidate in drawn:
-                tried[candidate.target.index].append(candidate)
-            still = []
-            for target in pending:
-                kept = choose(tried[target.index], threshold, reject)
-                if kept is None:
-                    still.append(target)
-                else:
-                    yield target, kept, self._stats(tried[target.index], threshold, unresolved=False)
-            pending = still
-            if not pending:
-                return
-        for target in pending:
-            farthest = max(tried[target.index], key=lambda c: (c.nearest_distance, -c.number))
-            yield target, farthest, self._stats(tried[target.index], threshold, unresolved=True)
-
-    def _stats(self, tried: list[Candidate], threshold: float, unresolved: bool) -> dict[str, Any]:
-        return {
-            "candidates_tried": len(tried),
-            "near_copy_candidates": sum(c.nearest_distance < threshold for c in tried),
-            "near_copy_unresolved": unresolved,
-        }
 
 
 def sampler_settings(config: SynthesisConfig) -> SamplerSettings:
@@ -419,9 +431,16 @@ def finished(work: Path, count: int) -> dict[int, dict[str, Any]]:
 
 
 def write_outputs(
-    work: Path, targets: list[Target], dataset: SceneDataset, config: SynthesisConfig
+    work: Path,
+    targets: list[Target],
+    dataset: SceneDataset,
+    config: SynthesisConfig,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merges the finished targets into the set and the grid; returns the figures for the manifest."""
+    """Merges the finished targets into the set and the grid; returns the figures for the manifest.
+
+    `settings` is what made every image, written in each metadata line (default: `guidance_record(config)`).
+    """
     done = finished(work, len(targets))
     missing = [t.id for t in targets if t.index not in done]
     if missing:
@@ -430,7 +449,7 @@ def write_outputs(
             "Run the same command again to finish them."
         )
     images, records = [], []
-    settings = guidance_record(config)
+    settings = guidance_record(config) if settings is None else settings
     for target in targets:
         with Image.open(_progress_files(work, target.index)[0]) as image:
             images.append(np.asarray(image.convert("RGB")))
@@ -508,6 +527,51 @@ def synthesize(
     classifier = load_classifier(bundle_dir, dataset.classes, config.candidates)
     if classifier is not None:
         classifier.to(torch_device)
+
+    def truncation() -> dict[str, Any]:
+        _, truncated = bundle.tokenize([t.prompt for t in targets])
+        if truncated:
+            print(
+                f"warning: {truncated} prompt(s) were longer than the text encoder's "
+                f"{bundle.tokenizer.model_max_length} tokens and were truncated."
+            )
+        return {"prompts_truncated": truncated}
+
+    return generate_set(
+        context,
+        config,
+        stage,
+        targets,
+        lambda nearest: Synthesizer(bundle, classifier, nearest, dataset, config, seed),
+        guidance_record(config),
+        truncation,
+    )
+
+
+def generate_set(
+    context: RunContext,
+    config: SynthesisConfig,
+    stage: Stage,
+    targets: list[Target],
+    make_selection: Callable[[NearestReal], CandidateSelection],
+    settings: dict[str, Any],
+    finish: Callable[[], dict[str, Any]] = dict,
+) -> Path:
+    """Builds `stage`: the kept candidate of every target, written as it is finished and resumed by target, then
+    merged into the set (see the module docstring); returns the set folder.
+
+    Args:
+        context: The dataset (the near-copy reference), the device and the processes of a launch.
+        config: The synthesis settings (batching, candidates, near copies, selection).
+        stage: The synthesis stage folder.
+        targets: The images to make, in set order.
+        make_selection: Builds what draws and scores the candidates, given the near-copy index.
+        settings: What made every image, written in each metadata line.
+        finish: Figures for the manifest, computed on the main process once the set is written.
+    """
+    dataset, data_resolution = context.dataset, context.resolution
+    procs = processes(context.device)
+    torch_device = procs.device
     extra: dict[str, Any] = {}
     with build_stage(stage, procs, extra) as work:
         done = finished(work, len(targets))
@@ -515,7 +579,7 @@ def synthesize(
         nearest = NearestReal.for_dataset(
             dataset, config.near_copy_space, data_resolution, context.cache_dir, torch_device
         )
-        synthesizer = Synthesizer(bundle, classifier, nearest, dataset, config, seed)
+        selection = make_selection(nearest)
         per_chunk = max(1, config.batch_size // config.candidates)
         chunks = procs.shard([targets[i : i + per_chunk] for i in range(0, len(targets), per_chunk)])
         share = [target for chunk in chunks for target in chunk]
@@ -527,23 +591,17 @@ def synthesize(
             unit="batch",
             disable=not procs.is_main,
         ):
-            for target, kept, stats in synthesizer.make(chunk):
+            for target, kept, stats in selection.make(chunk):
                 if target.index not in done:
                     save_progress(work, target, kept, stats, config.near_copy_threshold)
         procs.barrier()
         if procs.is_main:
             generated = len(targets) - len(done)
             wall = time.perf_counter() - start - setup
-            extra.update(write_outputs(work, targets, dataset, config))
-            _, truncated = bundle.tokenize([t.prompt for t in targets])
-            if truncated:
-                print(
-                    f"warning: {truncated} prompt(s) were longer than the text encoder's "
-                    f"{bundle.tokenizer.model_max_length} tokens and were truncated."
-                )
+            extra.update(write_outputs(work, targets, dataset, config, settings))
+            extra.update(finish())
             extra.update(
                 {
-                    "prompts_truncated": truncated,
                     "generated_now": generated,
                     "kept_from_earlier_run": len(done),
                     "seconds_per_image": round(wall / generated, 4) if generated else None,
