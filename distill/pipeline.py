@@ -47,7 +47,8 @@ from rsdistill.generator.bundle import CLASSIFIER_FOLDER, check_bundle_source, l
 from rsdistill.generator.finetune import finetune
 from rsdistill.generator.finetune_config import check_finetune
 from rsdistill.generator.gan import check_gan_shape
-from rsdistill.generator.gan_training import GanSettings, train_gan
+from rsdistill.generator.gan_checks import GanSettings
+from rsdistill.generator.gan_training import train_gan
 from rsdistill.generator.scratch import init_scratch
 from rsdistill.prototypes import run_prototypes
 from rsdistill.prototypes.checks import check_ipc

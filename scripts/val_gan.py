@@ -40,7 +40,8 @@ from rsdistill.data.dataset import ImageArray, SceneDataset
 from rsdistill.data.imageset import sample_grid, write_image_set
 from rsdistill.data.names import class_prompt
 from rsdistill.evaluate.scoring import fixed, random_draw
-from rsdistill.generator.gan_training import REPORT_FILE, GanSettings, train_gan
+from rsdistill.generator.gan_checks import GanSettings
+from rsdistill.generator.gan_training import REPORT_FILE, train_gan
 from rsdistill.prototypes.coreset import select_coreset
 from rsdistill.prototypes.encoders import load_encoder
 from rsdistill.synthesis.gan_synthesis import GanSelection, check_gan_synthesis, load_gan

@@ -14,16 +14,9 @@ from rsdistill.core.config import GeneratorConfig
 from rsdistill.core.errors import RSDistillError
 from rsdistill.generator import gan_training
 from rsdistill.generator.gan import GanConfig, GanGenerator
+from rsdistill.generator.gan_checks import GanDiverged, GanSettings, check_collapse, collapse_ratios, real_spreads
 from rsdistill.generator.gan_losses import diff_augment, parse_policy
-from rsdistill.generator.gan_training import (
-    GanDiverged,
-    GanSettings,
-    GanTrainer,
-    check_collapse,
-    collapse_ratios,
-    real_spreads,
-    train_gan,
-)
+from rsdistill.generator.gan_training import GanTrainer, train_gan
 from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
 from tests.generator_helpers import one_thread
 
