@@ -48,7 +48,7 @@ from rsdistill.synthesis.gan_synthesis import GanSelection, check_gan_synthesis,
 from rsdistill.synthesis.near_copy import DEFAULT_SPACE, NearestReal
 from rsdistill.synthesis.synthesize import Target
 
-DEFAULT_STEPS = 1200  # about 15 minutes at 64 px, batch 32, on one shared CPU core (0.7 s a step measured)
+DEFAULT_STEPS = 2000  # meant to train in 15 to 20 minutes at 64 px, batch 32, on one core of a shared CPU
 
 
 def parse_args() -> argparse.Namespace:

@@ -60,9 +60,9 @@ from rsdistill.generator.gan_losses import (
 from rsdistill.generator.latent_classifier import LatentClassifier, train_latent_classifier
 
 ADAM_BETAS = (0.5, 0.999)  # DCGAN's
-CLASSIFIER_WIDTH = 32
+CLASSIFIER_WIDTH = 16
 LOG_EVERY = 10
-COLLAPSE_CHECK_FROM = 200  # a freshly initialised generator's samples spread little; checked from this step on
+COLLAPSE_CHECK_FROM = 500  # a freshly initialised generator's samples spread little; checked from this step on
 MODELS_FILE = "models.safetensors"
 OPTIMIZERS_FILE = "optimizers.pt"
 REPORT_FILE = "training.json"
