@@ -224,3 +224,25 @@ def test_a_gan_run_refuses_what_it_cannot_honour_before_any_stage(
     assert main(gan_run_args(root, tmp_path, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "shared").exists()
+
+
+def test_inversion_moves_z_toward_the_image_and_candidates_stay_near_it() -> None:
+    from rsdistill.synthesis.gan_synthesis import candidate_latent, invert
+
+    torch.manual_seed(0)
+    generator = GanGenerator(GanConfig(3, 16, 8, 4)).eval()
+    labels = torch.tensor([0, 2])
+    with torch.no_grad():
+        target = generator(torch.randn(2, 8), labels)
+    start = torch.randn(2, 8)
+    with one_thread():
+        found = invert(generator, target, labels, start, steps=30)
+        with torch.no_grad():
+            before = (generator(start, labels) - target).pow(2).mean()
+            after = (generator(found, labels) - target).pow(2).mean()
+    assert after < before / 2
+    alone = invert(generator, target[:1], labels[:1], start[:1], steps=30)
+    assert torch.allclose(alone, found[:1], atol=1e-5)  # each z's steps do not depend on the batch
+    near, far = candidate_latent(found[0], 7, 0.1), candidate_latent(found[0], 7, 1.0)
+    assert torch.equal(near, candidate_latent(found[0], 7, 0.1))
+    assert (near - found[0]).norm() < (far - found[0]).norm()

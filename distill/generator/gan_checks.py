@@ -141,7 +141,8 @@ def real_spreads(images: np.ndarray, labels: np.ndarray, num_classes: int) -> li
 @torch.no_grad()
 def collapse_ratios(generator: GanGenerator, reals: list[float], seed: int) -> list[float]:
     """Per class, the spread of the generator's images over `COLLAPSE_SAMPLES` fixed latents divided by the real
-    images' spread: near 0 when the generator makes one image for every z."""
+    images' spread: near 0 when the generator makes one image for every z (1.0 for a class with fewer than two
+    real images to compare with)."""
     device = next(generator.parameters()).device
     z = torch.randn(COLLAPSE_SAMPLES, generator.config.latent_dim, generator=torch.Generator().manual_seed(seed))
     generator.eval()
@@ -149,7 +150,7 @@ def collapse_ratios(generator: GanGenerator, reals: list[float], seed: int) -> l
     for label, real in enumerate(reals):
         labels = torch.full((COLLAPSE_SAMPLES,), label, dtype=torch.long)
         made = generator(z.to(device), labels.to(device))
-        ratios.append(spread(made) / real if real > 0 else float("inf"))
+        ratios.append(spread(made) / real if real > 0 else 1.0)
     return ratios
 
 
