@@ -148,11 +148,11 @@ class Run:
         g, context = self.config.generator, self.context
         if g.pretrained_model_name_or_path is None:
             init_scratch(context, scratch_preset(g, context.resolution), work, g.preset,
-                         mixed_precision=g.mixed_precision)
+                         mixed_precision=g.mixed_precision, checkpoint_steps=g.checkpointing_steps)
             return
         bundle = load_bundle(g.pretrained_model_name_or_path, g.class_labels_value)
         fit_latent_classifier(context, bundle, g.classifier_steps, self.config.data.val_fraction,
-                              work / CLASSIFIER_FOLDER)
+                              work / CLASSIFIER_FOLDER, checkpoint_steps=g.checkpointing_steps)
 
     # Stage 3a: one caption per train image (what the generator is fine-tuned on).
     def image_captions(self) -> Path | None:

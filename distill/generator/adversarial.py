@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,17 @@ class Adversary:
             self.discriminator = PatchDiscriminator(width, layers).to(device).train()
         self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=learning_rate, betas=(0.5, 0.9))
         self.scaler = torch.amp.GradScaler(device.type, enabled=scaled)
+
+    def training_state(self) -> dict[str, Any]:
+        """The optimiser's and gradient scaler's state, for a checkpoint (the weights are
+        `discriminator.state_dict()`)."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def restore(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Sets the discriminator's weights and what `training_state` recorded."""
+        self.discriminator.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
 
     def generator_loss(
         self, step: int, pixels: torch.Tensor, reconstruction: torch.Tensor, rec_loss: torch.Tensor,

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.errors import RSDistillError
 from rsdistill.core.runtime import bf16_supported
+from rsdistill.generator.checkpoints import LoopCheckpoints, Weights, random_state, restore_random_state
 
 Array = torch.Tensor | np.ndarray
 CONFIG_NAME = "config.json"
@@ -177,6 +179,7 @@ def train_latent_classifier(
     device: str | torch.device = "cpu",
     progress: bool = True,
     precision: str = "auto",
+    checkpoints: LoopCheckpoints | None = None,
 ) -> tuple[LatentClassifier, dict[str, list[float]]]:
     """Trains a latent classifier; with a validation split, keeps the weights that scored best on it.
 
@@ -200,11 +203,18 @@ def train_latent_classifier(
         progress: Show a progress bar.
         precision: ``bf16`` (autocast, fp32 weights), ``fp32``, or ``auto``: bf16 where the device runs it
             natively (about twice as fast on a CPU with avx512_bf16).
+        checkpoints: Where to resume from (the latest checkpoint made with the same settings and data shapes)
+            and write a checkpoint every `checkpoints.every` steps and at the end: weights, the best weights so
+            far, optimiser, schedule, random streams, batch order and history, so a resumed training ends as an
+            uninterrupted one (None: none).
 
     Returns:
         The trained model (eval mode, on CPU) and its history (`step`, `loss`, `val_accuracy`).
     """
-    latents = torch.as_tensor(np.asarray(latents), dtype=torch.float32)
+    # In C order: latents fresh from the VAE come in its channels-last layout and cached ones in C order, and the
+    # convolutions round differently on each, so a classifier trained on the cache would differ from a fresh one.
+    latents = torch.as_tensor(np.ascontiguousarray(latents), dtype=torch.float32)
+    val_latents = None if val_latents is None else np.ascontiguousarray(val_latents)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if latents.ndim != 4 or len(latents) != len(labels) or len(latents) == 0:
         raise RSDistillError(
@@ -226,7 +236,34 @@ def train_latent_classifier(
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     order = torch.randperm(len(latents), generator=generator)
     cursor = 0
-    bar = tqdm(range(steps), desc="latent classifier", disable=not progress, leave=False)
+
+    def training_state() -> tuple[Weights, dict[str, Any]]:
+        weights = {"model": model.state_dict(), **({"best": best[1]} if best is not None else {})}
+        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                 "random": random_state(generator, device), "order": order, "cursor": cursor, "history": history,
+                 "best_score": None if best is None else best[0]}
+        return weights, state
+
+    def restore(weights: Weights, state: dict[str, Any]) -> None:
+        nonlocal best, order, cursor, history
+        model.load_state_dict(weights["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        restore_random_state(state["random"], generator, device)
+        order, cursor, history = state["order"], state["cursor"], state["history"]
+        best = None if state["best_score"] is None else (state["best_score"], weights["best"])
+
+    start = 0
+    if checkpoints is not None:
+        checkpoints = checkpoints.bound("the latent classifier's training", {
+            "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "width": width, "norm": norm,
+            "augment": augment, "label_smoothing": label_smoothing, "eval_every": eval_every, "seed": seed,
+            "bf16": autocast, "classes": list(classes), "latents": list(latents.shape),
+            "val_latents": None if val_latents is None else list(np.shape(val_latents)),
+        })
+        start = checkpoints.resume(restore)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="latent classifier", disable=not progress,
+               leave=False)
     for step in bar:
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(latents), generator=generator), 0
@@ -251,6 +288,8 @@ def train_latent_classifier(
             history["val_accuracy"].append(score)
             if best is None or score > best[0]:
                 best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if checkpoints is not None and checkpoints.due(step + 1, steps):
+            checkpoints.save(step + 1, *training_state())
     if best is not None:
         model.load_state_dict(best[1])
         model.config.val_accuracy = best[0]

