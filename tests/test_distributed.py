@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ import torch
 import rsdistill.core.distributed as distributed
 from rsdistill.cli.main import main
 from rsdistill.core.config import EvalConfig, PrototypeConfig
-from rsdistill.core.distributed import Launch, check_launch, processes
+from rsdistill.core.distributed import Launch, Processes, check_launch, processes
 from rsdistill.core.errors import RSDistillError
 from rsdistill.data.context import RunContext
 from rsdistill.data.dataset import SceneDataset
@@ -245,3 +246,35 @@ def test_one_process_is_as_before() -> None:
     assert (procs.count, procs.rank, procs.is_main, procs.distributed) == (1, 0, True, False)
     assert procs.shard([1, 2, 3]) == [1, 2, 3] and procs.gather(5) == [5] and procs.share(7) == 7
     assert procs.on_main(lambda: 9) == 9
+
+
+class FirstOfTwo(Processes):
+    """Rank 0 of 2, the other rank's answers made up: `map_sharded` and `found_on_main` without a launch."""
+
+    def gather(self, value: Any) -> list[Any]:
+        return [value, [(position, f"rank 1: {position}") for position in (1, 3)]]
+
+    def share(self, value: Any) -> Any:
+        return value
+
+
+class SecondOfTwo(FirstOfTwo):
+    """Rank 1 of 2, told that the main process found what it looked for."""
+
+    def share(self, value: Any) -> Any:
+        return True
+
+
+def test_items_are_dealt_round_robin_and_put_back_in_order() -> None:
+    computed: list[int] = []
+
+    def work(item: int) -> str:
+        computed.append(item)
+        return f"rank 0: {item}"
+
+    results = FirstOfTwo(count=2).map_sharded(work, [0, 1, 2, 3, 4])
+    assert computed == [0, 2, 4]
+    assert results == ["rank 0: 0", "rank 1: 1", "rank 0: 2", "rank 1: 3", "rank 0: 4"]
+    assert FirstOfTwo(count=2).found_on_main(lambda: None, "the cache") is None
+    with pytest.raises(RSDistillError, match=r"found the cache, but process 1 does not see it.*every machine sees"):
+        SecondOfTwo(count=2, rank=1).found_on_main(lambda: None, "the cache")
