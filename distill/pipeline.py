@@ -15,8 +15,10 @@ is checked before the first stage starts (`Run.check_settings`), with the stages
 
 Under ``accelerate launch`` or ``torchrun`` (`rsdistill.core.distributed`) every process runs this, and each
 stage is run the way it can be shared: fine-tuning data-parallel, synthesis and evaluation sharded (over
-prototypes, over training runs); the base generator, captions, prototypes, prompts and refinement run on the main
-process while the others wait. Launched plainly, it is one process as before.
+prototypes, over training runs), the features of prototypes and of fid/kid/prdc encoded in shares (k-means and
+the metrics on the main process); the base generator, captions, prompts and refinement run on the main process
+while the others wait. Whether a stage is done is the main process's answer, shared, so that a process arriving
+late never skips a step the others take. Launched plainly, it is one process as before.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ class Run:
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
         folder = self.shared_path("base", settings, inputs)
         stage = Stage(folder.parent, folder.name, settings, inputs, family="base")
-        if not stage.done:
+        if not self.procs.share(stage.done):  # the main process's view: every process joins the same steps
             print(f"[base] building into {folder}")
             build_alone(self.procs, stage, self._build_base)
         self.record("base", folder)
@@ -174,7 +176,7 @@ class Run:
                   "seed": str(self.config.seed)}
         folder = self.shared_path("generator", settings, inputs)
         stage = Stage(folder.parent, folder.name, settings, inputs, family="generator")
-        if not stage.done:
+        if not self.procs.share(stage.done):  # the main process's view: every process joins the same steps
             print(f"[generator] training into {folder} (resumes from its latest checkpoint)")
             with build_stage(stage, self.procs) as work:
                 training = replace(g, pretrained_model_name_or_path=str(base), output_dir=str(work),
@@ -191,7 +193,7 @@ class Run:
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
         folder = self.shared_path("gan", settings, inputs)
         stage = Stage(folder.parent, folder.name, settings, inputs, family="gan")
-        if not stage.done:
+        if not self.procs.share(stage.done):  # the main process's view: every process joins the same steps
             print(f"[gan] training into {folder} (resumes from its latest checkpoint)")
             build_alone(self.procs, stage, self._build_gan)
         self.record("gan", folder)

@@ -27,7 +27,7 @@ from rsdistill.data.dataset import FolderSource, SceneDataset
 from rsdistill.data.imageset import set_digest
 from rsdistill.evaluate import report as reporting
 from rsdistill.evaluate.context import EvalSet, Evaluation, load_set
-from rsdistill.evaluate.measures import load_metric_models, measure_set
+from rsdistill.evaluate.measures import load_metric_models, measure_set, share_realism_features
 from rsdistill.evaluate.protocol import Protocol, steps_for_passes
 from rsdistill.evaluate.runs import RUNS_FOLDER, Task, score_tasks, task_key
 from rsdistill.evaluate.scoring import Scorer, fixed, random_draw
@@ -185,6 +185,7 @@ def score_sets(
                 run.full = full_reference(dataset, scorer, config.full_passes)
         tasks, rows = training_sets(run, sets)
         scores = score_tasks(scorer, tasks, run.seeds, procs, work)
+        share_realism_features(run, sets, procs)  # fid, kid, prdc: every process encodes its share of the images
         if not procs.is_main:
             return procs.share(None)
         for task, row, score in zip(tasks, rows, scores, strict=True):
