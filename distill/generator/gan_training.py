@@ -85,7 +85,7 @@ def train_pixel_classifier(
 ) -> LatentClassifier:
     """The consistency classifier: `train_latent_classifier` on `classifier_view` of the pixels, a stratified
     `val_fraction` of `images` held out to pick its best weights."""
-    pixels = classifier_view(images_to_pixels(images))
+    pixels = torch.cat([classifier_view(images_to_pixels(images[i : i + 1024])) for i in range(0, len(images), 1024)])
     kept, held = stratified_holdout(labels, val_fraction, seed)
     model, _ = train_latent_classifier(
         pixels[kept],
