@@ -5,7 +5,8 @@ resume to the same weights and named failures for divergence and collapse.
 A training folder holds::
 
     classifier/          the consistency classifier (trained first, once)
-    checkpoint-<step>/   models.safetensors (G, D, EMA, RNG state), optimizers.pt, rsdistill_state.json
+    checkpoint-<step>/   models.safetensors (G, D, EMA, RNG state), optimizers.pt, history.json,
+                         rsdistill_state.json (the step and settings, written last)
     generator/           the EMA generator when training finishes (config.json + model.safetensors)
     training.json        settings, losses every LOG_EVERY steps, the collapse checks, seconds
 
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.data.dataset import stratified_holdout
-from rsdistill.generator.checkpoints import PREFIX, STATE_FILE, find_resume_point, list_checkpoints
+from rsdistill.generator.checkpoints import commit_checkpoint, find_resume_point
 from rsdistill.generator.gan import (
     CLASSIFIER_FOLDER,
     GENERATOR_FOLDER,
@@ -65,6 +66,7 @@ LOG_EVERY = 10
 COLLAPSE_CHECK_FROM = 500  # a freshly initialised generator's samples spread little; checked from this step on
 MODELS_FILE = "models.safetensors"
 OPTIMIZERS_FILE = "optimizers.pt"
+HISTORY_FILE = "history.json"
 REPORT_FILE = "training.json"
 
 
@@ -231,22 +233,15 @@ class GanTrainer:
 def save_training_checkpoint(
     trainer: GanTrainer, out: Path, settings: dict[str, Any], history: list[dict[str, float]], total_limit: int | None
 ) -> Path:
-    """Writes ``checkpoint-<step>`` under a temporary name and renames it, keeping at most `total_limit`."""
-    final = out / f"{PREFIX}{trainer.step}"
-    partial = out / f".{PREFIX}{trainer.step}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    trainer.save(partial)
-    write_text_atomic(
-        partial / STATE_FILE, json.dumps({"step": trainer.step, "settings": settings, "history": history}, indent=2)
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    if total_limit is not None:
-        older = [path for number, path in list_checkpoints(out) if number != trainer.step]
-        for path in older[: max(0, len(older) - total_limit + 1)]:
-            shutil.rmtree(path, ignore_errors=True)
-    return final
+    """Writes ``checkpoint-<step>`` (the training state and the loss history so far) with `commit_checkpoint`:
+    under a temporary name, renamed when complete, at most `total_limit` kept."""
+
+    def write(partial: Path) -> None:
+        partial.mkdir(parents=True)
+        trainer.save(partial)
+        write_text_atomic(partial / HISTORY_FILE, json.dumps(history))
+
+    return commit_checkpoint(out, trainer.step, settings, total_limit, write)
 
 
 def load_classifier_or_train(
@@ -312,7 +307,7 @@ def train_gan(
     if resume is not None:
         step, path = resume
         trainer.load(path, step)
-        history = json.loads((path / STATE_FILE).read_text()).get("history", [])
+        history = json.loads((path / HISTORY_FILE).read_text())
         print(f"[gan] resumed from {path}")
     pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     label_tensor = torch.as_tensor(labels, dtype=torch.long)
