@@ -132,7 +132,11 @@ class Adversary:
         self.scaler.load_state_dict(state["scaler"])
 
     def generator_loss(
-        self, step: int, pixels: torch.Tensor, reconstruction: torch.Tensor, rec_loss: torch.Tensor,
+        self,
+        step: int,
+        pixels: torch.Tensor,
+        reconstruction: torch.Tensor,
+        rec_loss: torch.Tensor,
         last_layer: torch.Tensor,
     ) -> tuple[torch.Tensor | float, dict[str, float]]:
         """The terms to add to the VAE's loss at `step`: lambda * disc_weight * L_adv + w_p * L_fm.
@@ -168,5 +172,8 @@ class Adversary:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"disc_loss": loss.item(), "logits_real": real_logits.float().mean().item(),
-                "logits_fake": fake_logits.float().mean().item()}
+        return {
+            "disc_loss": loss.item(),
+            "logits_real": real_logits.float().mean().item(),
+            "logits_fake": fake_logits.float().mean().item(),
+        }

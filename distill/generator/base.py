@@ -23,8 +23,13 @@ from rsdistill.generator.scratch import ScratchPreset, get_preset
 def scratch_preset(config: GeneratorConfig, resolution: int) -> ScratchPreset:
     """The from-scratch preset `config` names, at `resolution`, with the step counts and autoencoder `config`
     overrides."""
-    return get_preset(config.preset, resolution=resolution, vae_steps=config.vae_steps,
-                      classifier_steps=config.classifier_steps, autoencoder=config.autoencoder)
+    return get_preset(
+        config.preset,
+        resolution=resolution,
+        vae_steps=config.vae_steps,
+        classifier_steps=config.classifier_steps,
+        autoencoder=config.autoencoder,
+    )
 
 
 def fit_latent_classifier(
@@ -48,8 +53,15 @@ def fit_latent_classifier(
     kept, held = stratified_holdout(train.labels, val_fraction, context.seed)
     checkpoints = None if checkpoint_steps is None else LoopCheckpoints(out / CHECKPOINTS_FOLDER, checkpoint_steps)
     model, _ = train_latent_classifier(
-        latents[kept], train.labels[kept], context.dataset.classes, latents[held], train.labels[held],
-        steps=steps or DEFAULT_CLASSIFIER_STEPS, seed=context.seed, device=device, checkpoints=checkpoints,
+        latents[kept],
+        train.labels[kept],
+        context.dataset.classes,
+        latents[held],
+        train.labels[held],
+        steps=steps or DEFAULT_CLASSIFIER_STEPS,
+        seed=context.seed,
+        device=device,
+        checkpoints=checkpoints,
     )
     model.save_pretrained(out)
     if checkpoints is not None:

@@ -38,7 +38,7 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of `output_dir`, oldest first."""
     found = []
     for path in Path(output_dir).glob(f"{PREFIX}*"):
-        step = path.name[len(PREFIX):]
+        step = path.name[len(PREFIX) :]
         if path.is_dir() and step.isdigit() and (path / STATE_FILE).is_file():
             found.append((int(step), path))
     return sorted(found)
@@ -91,16 +91,25 @@ def save_checkpoint(
     accelerator: Accelerator, output_dir: Path, step: int, settings: dict[str, Any], total_limit: int | None
 ) -> Path:
     """Saves the fine-tuning state at `step` (`accelerator.save_state`), keeping at most `total_limit`."""
-    return commit_checkpoint(output_dir, step, settings, total_limit,
-                             lambda partial: accelerator.save_state(str(partial)), accelerator.is_main_process,
-                             accelerator.wait_for_everyone)
+    return commit_checkpoint(
+        output_dir,
+        step,
+        settings,
+        total_limit,
+        lambda partial: accelerator.save_state(str(partial)),
+        accelerator.is_main_process,
+        accelerator.wait_for_everyone,
+    )
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`name: saved -> current` for every setting that differs."""
     names = sorted(set(saved) | set(current))
-    return [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}" for name in names
-            if saved.get(name) != current.get(name)]
+    return [
+        f"{name}: {saved.get(name)!r} -> {current.get(name)!r}"
+        for name in names
+        if saved.get(name) != current.get(name)
+    ]
 
 
 def refuse_other_settings(path: Path, settings: dict[str, Any], remedy: str) -> None:
@@ -204,8 +213,11 @@ class LoopCheckpoints:
 
         def write(partial: Path) -> None:
             partial.mkdir(parents=True)
-            flat = {f"{group}.{name}": tensor.detach().cpu().contiguous()
-                    for group, tensors in weights.items() for name, tensor in tensors.items()}
+            flat = {
+                f"{group}.{name}": tensor.detach().cpu().contiguous()
+                for group, tensors in weights.items()
+                for name, tensor in tensors.items()
+            }
             save_file(flat, partial / LOOP_WEIGHTS_FILE)
             torch.save(state, partial / LOOP_STATE_FILE)
 
@@ -235,8 +247,13 @@ class LoopCheckpoints:
         except RSDistillError:
             raise
         except pickle.UnpicklingError:
-            raise RSDistillError(self._unreadable(path, "it holds Python objects other than tensors and numbers, "
-                                                        "which are not unpickled (they could run code)")) from None
+            raise RSDistillError(
+                self._unreadable(
+                    path,
+                    "it holds Python objects other than tensors and numbers, "
+                    "which are not unpickled (they could run code)",
+                )
+            ) from None
         except (OSError, EOFError, RuntimeError, SafetensorError, ValueError, KeyError, TypeError) as error:
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise RSDistillError(self._unreadable(path, f"it is damaged or does not fit ({reason})")) from None
@@ -244,8 +261,10 @@ class LoopCheckpoints:
         return step
 
     def _unreadable(self, path: Path, why: str) -> str:
-        return (f"The checkpoint {path} of {self.what} cannot be resumed from: {why}. Delete {self.folder} to start "
-                f"{self.what} over.")
+        return (
+            f"The checkpoint {path} of {self.what} cannot be resumed from: {why}. Delete {self.folder} to start "
+            f"{self.what} over."
+        )
 
     def remove(self) -> None:
         """Deletes the checkpoints (once what they were for is saved)."""

@@ -59,8 +59,12 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            normalization(norm, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            normalization(norm, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            normalization(norm, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            normalization(norm, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,12 @@ def predict_logits(model: nn.Module, latents: Array, batch_size: int = 512, view
     latents = torch.as_tensor(latents)
     model.eval()
     predict = model if views == 1 else (lambda batch: dihedral_average(model, batch))
-    return torch.cat([predict(latents[i : i + batch_size].to(device, torch.float32)).cpu()
-                      for i in range(0, len(latents), batch_size)])
+    return torch.cat(
+        [
+            predict(latents[i : i + batch_size].to(device, torch.float32)).cpu()
+            for i in range(0, len(latents), batch_size)
+        ]
+    )
 
 
 def accuracy(model: nn.Module, latents: Array, labels: Array, views: int = 8) -> float:
@@ -217,17 +225,16 @@ def train_latent_classifier(
     val_latents = None if val_latents is None else np.ascontiguousarray(val_latents)
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if latents.ndim != 4 or len(latents) != len(labels) or len(latents) == 0:
-        raise RSDistillError(
-            f"Latent classifier needs latents (N, C, h, w) and N labels; got {tuple(latents.shape)}."
-        )
+        raise RSDistillError(f"Latent classifier needs latents (N, C, h, w) and N labels; got {tuple(latents.shape)}.")
     if precision not in ("auto", "bf16", "fp32"):
         raise RSDistillError(f"Latent classifier precision {precision!r} is unknown; use auto, bf16 or fp32.")
     device = torch.device(device)
     autocast = precision == "bf16" or (precision == "auto" and bf16_supported(device))
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    config = LatentClassifierConfig(latents.shape[1], len(classes), width, norm=norm, classes=list(classes),
-                                    latent_size=latents.shape[-1])
+    config = LatentClassifierConfig(
+        latents.shape[1], len(classes), width, norm=norm, classes=list(classes), latent_size=latents.shape[-1]
+    )
     model = LatentClassifier(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.05)
     warmup = max(1, steps // 20)
@@ -239,9 +246,15 @@ def train_latent_classifier(
 
     def training_state() -> tuple[Weights, dict[str, Any]]:
         weights = {"model": model.state_dict(), **({"best": best[1]} if best is not None else {})}
-        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "random": random_state(generator, device), "order": order, "cursor": cursor, "history": history,
-                 "best_score": None if best is None else best[0]}
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "random": random_state(generator, device),
+            "order": order,
+            "cursor": cursor,
+            "history": history,
+            "best_score": None if best is None else best[0],
+        }
         return weights, state
 
     def restore(weights: Weights, state: dict[str, Any]) -> None:
@@ -255,15 +268,28 @@ def train_latent_classifier(
 
     start = 0
     if checkpoints is not None:
-        checkpoints = checkpoints.bound("the latent classifier's training", {
-            "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate, "width": width, "norm": norm,
-            "augment": augment, "label_smoothing": label_smoothing, "eval_every": eval_every, "seed": seed,
-            "bf16": autocast, "classes": list(classes), "latents": list(latents.shape),
-            "val_latents": None if val_latents is None else list(np.shape(val_latents)),
-        })
+        checkpoints = checkpoints.bound(
+            "the latent classifier's training",
+            {
+                "steps": steps,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "width": width,
+                "norm": norm,
+                "augment": augment,
+                "label_smoothing": label_smoothing,
+                "eval_every": eval_every,
+                "seed": seed,
+                "bf16": autocast,
+                "classes": list(classes),
+                "latents": list(latents.shape),
+                "val_latents": None if val_latents is None else list(np.shape(val_latents)),
+            },
+        )
         start = checkpoints.resume(restore)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="latent classifier", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        range(start, steps), initial=start, total=steps, desc="latent classifier", disable=not progress, leave=False
+    )
     for step in bar:
         if cursor + batch_size > len(order):
             order, cursor = torch.randperm(len(latents), generator=generator), 0

@@ -99,8 +99,9 @@ class ScratchPreset:
 
 PRESETS: dict[str, ScratchPreset] = {
     "scratch-cpu": ScratchPreset(),
-    "scratch-gpu": ScratchPreset(vae_channels=(64, 128, 128), vae_steps=6000, vae_crop=64,
-                                 unet_channels=(128, 256, 256)),
+    "scratch-gpu": ScratchPreset(
+        vae_channels=(64, 128, 128), vae_steps=6000, vae_crop=64, unet_channels=(128, 256, 256)
+    ),
 }
 
 
@@ -117,9 +118,14 @@ def make_vae(preset: ScratchPreset) -> AutoencoderKL:
     """A KL autoencoder with ``len(vae_channels) - 1`` downsamplings and no attention (cheap on a CPU)."""
     blocks = len(preset.vae_channels)
     return AutoencoderKL(
-        block_out_channels=preset.vae_channels, down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks, layers_per_block=1, latent_channels=preset.latent_channels,
-        norm_num_groups=16, sample_size=preset.resolution, mid_block_add_attention=False,
+        block_out_channels=preset.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        layers_per_block=1,
+        latent_channels=preset.latent_channels,
+        norm_num_groups=16,
+        sample_size=preset.resolution,
+        mid_block_add_attention=False,
     )
 
 
@@ -166,8 +172,16 @@ def train_vae(
     autocast = _autocast(device, dtype)
     adversary = None
     if preset.autoencoder == "adversarial":
-        adversary = Adversary(preset.vae_disc_start, preset.vae_disc_weight, preset.vae_perceptual_weight,
-                              preset.vae_disc_learning_rate, seed, device, autocast, scaled=scaler.is_enabled())
+        adversary = Adversary(
+            preset.vae_disc_start,
+            preset.vae_disc_weight,
+            preset.vae_perceptual_weight,
+            preset.vae_disc_learning_rate,
+            seed,
+            device,
+            autocast,
+            scaled=scaler.is_enabled(),
+        )
     optimizer = torch.optim.AdamW(vae.parameters(), lr=preset.vae_learning_rate, weight_decay=0.0)
     steps, warmup = preset.vae_steps, max(1, preset.vae_steps // 30)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, steps, warmup))
@@ -176,8 +190,13 @@ def train_vae(
 
     def training_state() -> tuple[Weights, dict[str, Any]]:
         weights = {"vae": vae.state_dict()}
-        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
-                 "random": random_state(generator, device), "history": log}
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "random": random_state(generator, device),
+            "history": log,
+        }
         if adversary is not None:
             weights["discriminator"] = adversary.discriminator.state_dict()
             state["adversary"] = adversary.training_state()
@@ -196,11 +215,12 @@ def train_vae(
     start = 0
     if checkpoints is not None:
         vae_settings = {k: v for k, v in asdict(preset).items() if k.startswith("vae_") or k in VAE_SHAPE_SETTINGS}
-        checkpoints = checkpoints.bound("the VAE training", {
-            **vae_settings, "seed": seed, "mixed_precision": mixed_precision, "images": list(images.shape)})
+        checkpoints = checkpoints.bound(
+            "the VAE training",
+            {**vae_settings, "seed": seed, "mixed_precision": mixed_precision, "images": list(images.shape)},
+        )
         start = checkpoints.resume(restore)
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc="training VAE", disable=not progress,
-               leave=False)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="training VAE", disable=not progress, leave=False)
     for step in bar:
         index = torch.randint(0, len(images), (preset.vae_batch_size,), generator=generator).sort().values
         top, left = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()
@@ -212,8 +232,7 @@ def train_vae(
         loss = mse + 1e-6 * posterior.kl().float().mean()
         stats = {"mse": mse.item()}
         if adversary is not None:
-            extra, adv_stats = adversary.generator_loss(step, pixels, reconstruction, mse,
-                                                        vae.decoder.conv_out.weight)
+            extra, adv_stats = adversary.generator_loss(step, pixels, reconstruction, mse, vae.decoder.conv_out.weight)
             loss = loss + extra
             stats.update(adv_stats)
         optimizer.zero_grad(set_to_none=True)
@@ -230,8 +249,16 @@ def train_vae(
     vae.eval()
     with torch.no_grad():
         sample = images[torch.randperm(len(images), generator=generator)[:512].sort().values.numpy()]
-        std = torch.cat([vae.encode(_pixels(sample[i : i + 128]).to(device)).latent_dist.mean
-                         for i in range(0, len(sample), 128)]).std().item()
+        std = (
+            torch.cat(
+                [
+                    vae.encode(_pixels(sample[i : i + 128]).to(device)).latent_dist.mean
+                    for i in range(0, len(sample), 128)
+                ]
+            )
+            .std()
+            .item()
+        )
     vae.register_to_config(scaling_factor=1.0 / std)
     return vae.cpu()
 
@@ -270,13 +297,19 @@ def build_scratch_bundle(vae: AutoencoderKL, preset: ScratchPreset, seed: int = 
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=preset.latent_size, in_channels=preset.latent_channels, out_channels=preset.latent_channels,
-        block_out_channels=preset.unet_channels, layers_per_block=1, down_block_types=down,
+        sample_size=preset.latent_size,
+        in_channels=preset.latent_channels,
+        out_channels=preset.latent_channels,
+        block_out_channels=preset.unet_channels,
+        layers_per_block=1,
+        down_block_types=down,
         up_block_types=tuple(name.replace("Down", "Up") for name in reversed(down)),
-        cross_attention_dim=text_encoder.config.hidden_size, attention_head_dim=preset.unet_attention_heads,
+        cross_attention_dim=text_encoder.config.hidden_size,
+        attention_head_dim=preset.unet_attention_heads,
     )
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              clip_sample=False, prediction_type="epsilon")
+    scheduler = DDPMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False, prediction_type="epsilon"
+    )
     return DiffusionBundle(vae, unet, text_encoder, tokenizer, scheduler, path="")
 
 
@@ -308,9 +341,15 @@ def init_scratch(
     dataset, seed, cache_dir = context.dataset, context.seed, context.cache_dir
     device = resolve_device(context.device)
     output_dir = Path(output_dir)
-    report: dict[str, Any] = {"preset": preset_name, "settings": asdict(preset), "seed": seed,
-                              "mixed_precision": mixed_precision,
-                              "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint, "timings_s": {}}
+    report: dict[str, Any] = {
+        "preset": preset_name,
+        "settings": asdict(preset),
+        "seed": seed,
+        "mixed_precision": mixed_precision,
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "timings_s": {},
+    }
     train = dataset.images("train", preset.resolution, cache_dir=cache_dir)
     test = dataset.images("test", preset.resolution, cache_dir=cache_dir)
 
@@ -320,8 +359,15 @@ def init_scratch(
         return None if checkpoint_steps is None else LoopCheckpoints(checkpoints / name, checkpoint_steps)
 
     start = time.perf_counter()
-    vae = train_vae(train.images, preset, seed=seed, device=device, progress=progress,
-                    mixed_precision=mixed_precision, checkpoints=checkpointing("vae"))
+    vae = train_vae(
+        train.images,
+        preset,
+        seed=seed,
+        device=device,
+        progress=progress,
+        mixed_precision=mixed_precision,
+        checkpoints=checkpointing("vae"),
+    )
     report["timings_s"]["vae"] = time.perf_counter() - start
     sample = np.arange(len(test.images))
     if psnr_samples is not None and psnr_samples < len(sample):
@@ -340,9 +386,18 @@ def init_scratch(
     start = time.perf_counter()
     kept, held = stratified_holdout(train.labels, preset.classifier_val_fraction, seed)
     classifier, history = train_latent_classifier(
-        train_latents[kept], train.labels[kept], dataset.classes, train_latents[held], train.labels[held],
-        steps=preset.classifier_steps, batch_size=preset.classifier_batch_size, width=preset.classifier_width,
-        seed=seed, device=device, progress=progress, checkpoints=checkpointing(CLASSIFIER_FOLDER),
+        train_latents[kept],
+        train.labels[kept],
+        dataset.classes,
+        train_latents[held],
+        train.labels[held],
+        steps=preset.classifier_steps,
+        batch_size=preset.classifier_batch_size,
+        width=preset.classifier_width,
+        seed=seed,
+        device=device,
+        progress=progress,
+        checkpoints=checkpointing(CLASSIFIER_FOLDER),
     )
     report["timings_s"]["latent_classifier"] = time.perf_counter() - start
     report["latent_classifier_val_accuracy"] = classifier.config.val_accuracy
@@ -356,4 +411,3 @@ def init_scratch(
     write_text_atomic(output_dir / "scratch_report.json", json.dumps(report, indent=2))
     shutil.rmtree(checkpoints, ignore_errors=True)
     return report
-
