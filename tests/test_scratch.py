@@ -112,3 +112,13 @@ def test_generator_init_command(scenes: Path, tmp_path: Path, capsys: pytest.Cap
     assert load_bundle(str(out)).latent_size == 4
     assert main(argv) == 2
     assert "holds a bundle already" in capsys.readouterr().err
+
+
+def test_generator_init_checkpoints_and_leaves_none_behind(scenes: Path, tmp_path: Path) -> None:
+    argv = ["generator", "init", "--preset", "scratch-cpu", "--dataset", f"imagefolder:{scenes}",
+            "--resolution", "16", "--vae_steps", "3", "--classifier_steps", "3"]
+    assert main([*argv, "--output_dir", str(tmp_path / "plain")]) == 0
+    assert main([*argv, "--output_dir", str(tmp_path / "checkpointed"), "--checkpointing_steps", "1"]) == 0
+    assert not (tmp_path / "checkpointed" / "checkpoints").exists()
+    vae = Path("vae") / "diffusion_pytorch_model.safetensors"
+    assert (tmp_path / "plain" / vae).read_bytes() == (tmp_path / "checkpointed" / vae).read_bytes()

@@ -32,7 +32,7 @@ def cmd_generator_init(args: argparse.Namespace) -> None:
     if (out / "model_index.json").is_file() and not args.overwrite:
         raise RSDistillError(f"{out} holds a bundle already; pass --overwrite or choose another --output_dir.")
     report = init_scratch(context, scratch_preset(g, context.resolution), out, g.preset,
-                          mixed_precision=g.mixed_precision)
+                          mixed_precision=g.mixed_precision, checkpoint_steps=g.checkpointing_steps)
     shown = {k: report[k] for k in ("vae_test_psnr", "latent_classifier_val_accuracy",
                                     "latent_classifier_test_accuracy", "timings_s")}
     print(json.dumps(shown, indent=2))
@@ -50,7 +50,8 @@ def cmd_generator_classifier(args: argparse.Namespace) -> None:
         raise RSDistillError("`rsdistill generator classifier` needs --pretrained_model_name_or_path.")
     bundle = load_bundle(g.pretrained_model_name_or_path, g.class_labels_value)
     out = Path(g.output_dir or Path(g.pretrained_model_name_or_path) / CLASSIFIER_FOLDER)
-    model = fit_latent_classifier(context, bundle, g.classifier_steps, config.data.val_fraction, out)
+    model = fit_latent_classifier(context, bundle, g.classifier_steps, config.data.val_fraction, out,
+                                  checkpoint_steps=g.checkpointing_steps)
     test, single_view = test_accuracy(context, bundle, model)
     print(f"wrote {out}: validation accuracy {model.config.val_accuracy:.4f}, test accuracy {test:.4f} "
           f"(8-view average; single views {single_view:.4f})")
@@ -63,13 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--overwrite", action="store_true")
     add_config_flags(init, "seed", "device", "data", "generator.preset", "generator.output_dir",
                      "generator.vae_steps", "generator.classifier_steps", "generator.autoencoder",
-                     "generator.mixed_precision")
+                     "generator.mixed_precision", "generator.checkpointing_steps")
     init.set_defaults(func=cmd_generator_init)
 
     classifier = actions.add_parser("classifier", help="train a latent classifier for a bundle's VAE (written "
                                     "to --output_dir, default <bundle>/latent_classifier)")
     add_config_flags(classifier, "seed", "device", "data", "generator.pretrained_model_name_or_path",
-                     "generator.output_dir", "generator.classifier_steps", "generator.class_labels_value")
+                     "generator.output_dir", "generator.classifier_steps", "generator.class_labels_value",
+                     "generator.checkpointing_steps")
     classifier.set_defaults(func=cmd_generator_classifier)
 
     finetune = subparsers.add_parser("finetune", help=COMMANDS["finetune"].help, description=__doc__)
