@@ -13,7 +13,8 @@ VAE's round-tripped validation images (`real_set_on_round_trip`).
 Several generator folders may be given: each VAE's round trip is scored against the same real coreset.
 `--train_vae` first trains a from-scratch VAE into the (single, new) generator folder, on the train images kept
 for matching only, so the validation images are never seen; `--preset_setting` changes the preset.
-`--grid PATH` draws one real image per class above its round trip through each VAE.
+`--grid PATH` draws one real image per class above its round trip through each VAE (and, with `--grid_set
+LABEL=DIR`, a set's first image of each class, such as a GAN's from `val_gan.py`).
 
     python scripts/val_vae.py GENERATOR --dataset eurosat --ipc 10 \
         --variant iterations=150 --json vae.json
@@ -39,6 +40,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from val_refine import parse_variant, validation_split
 
+from rsdistill.data.dataset import SceneDataset
+from rsdistill.data.imageset import read_image_set
 from rsdistill.evaluate.protocol import to_uint8_tensor
 from rsdistill.evaluate.scoring import Scorer, fixed, random_draw
 from rsdistill.generator.scratch import PRESETS, ScratchPreset, get_preset, train_vae
@@ -120,6 +123,20 @@ def draw_grid(path: Path, sets: dict[str, np.ndarray], labels: np.ndarray, zoom:
     print(json.dumps({"grid": str(path), "rows": list(sets)}), flush=True)
 
 
+def grid_sets(specs: list[str], dataset: SceneDataset, resolution: int, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """`--grid_set LABEL=DIR` rows: each set's first image of every class, placed where `draw_grid` reads
+    that class's first image in `labels`."""
+    rows = {}
+    for spec in specs:
+        label, _, folder = spec.partition("=")
+        image_set = read_image_set(folder, dataset.classes, resolution=resolution)
+        row = np.zeros((len(labels), resolution, resolution, 3), dtype=np.uint8)
+        for cls in np.unique(labels):
+            row[np.flatnonzero(labels == cls)[0]] = image_set.images[np.flatnonzero(image_set.labels == cls)[0]]
+        rows[label] = row
+    return rows
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("generator", nargs="+", help="generator folder(s) (their `vae/` is used)")
@@ -140,6 +157,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--grid", type=Path, help="PNG: one real image per class above each VAE's round trip")
     parser.add_argument("--grid_only", action="store_true", help="draw --grid and score nothing")
+    parser.add_argument("--grid_set", action="append", default=[], metavar="LABEL=DIR",
+                        help="also draw a set's first image of each class in --grid (e.g. a GAN's set from "
+                             "val_gan.py), under LABEL; repeatable")
     args = parser.parse_args()
     if args.train_vae and len(args.generator) != 1:
         parser.error("--train_vae trains one generator folder")
@@ -160,7 +180,8 @@ def main() -> None:
     vaes = {folder: AutoencoderKL.from_pretrained(Path(folder) / "vae").eval() for folder in args.generator}
     decoded = {folder: round_trip(vae, images) for folder, vae in vaes.items()}
     if args.grid:
-        draw_grid(args.grid, {"real": images} | {Path(f).name: d for f, d in decoded.items()}, labels)
+        rows = {"real": images} | {Path(f).name: d for f, d in decoded.items()}
+        draw_grid(args.grid, rows | grid_sets(args.grid_set, dataset, args.resolution, labels), labels)
     if args.grid_only:
         return
     held = scorer.test_images.permute(0, 2, 3, 1).cpu().numpy()

@@ -233,7 +233,7 @@ class GeneratorConfig:
     gan_ema_decay: float = 0.999
     gan_uniformity_weight: float = 0.0
     gan_entropy_weight: float = 0.0
-    gan_collapse_fraction: float = 0.02
+    gan_collapse_fraction: float = 0.15
     gan_inversion_steps: int = 50
     gan_prototype_spread: float = 0.5
 

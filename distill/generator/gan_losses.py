@@ -98,14 +98,22 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Te
     return gradient.pow(2).flatten(1).sum(1).mean()
 
 
-def uniformity_loss(features: torch.Tensor, temperature: float = UNIFORMITY_TEMPERATURE) -> torch.Tensor:
-    """UR: log E_{i != j} exp(-t ||f_i - f_j||^2) over the L2-normalised features of one batch (Wang & Isola
-    2020). Lowest when the generated images spread evenly over the discriminator's feature sphere."""
-    if len(features) < 2:
-        return features.new_zeros(())
+def uniformity_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = UNIFORMITY_TEMPERATURE
+                    ) -> torch.Tensor:
+    """UR: Wang & Isola's (2020) uniformity, log E_{i != j} exp(-t ||f_i - f_j||^2) over the L2-normalised features
+    of the generated images of one class, averaged over the classes with at least two images in the batch. Lowest
+    when a class's images spread evenly over the discriminator's feature sphere: it acts against the within-class
+    collapse (one image for every z) that grows as a class has fewer images; spread across classes needs no help."""
     normalised = F.normalize(features.float(), dim=1)
-    distances = torch.pdist(normalised).pow(2)
-    return torch.logsumexp(-temperature * distances, dim=0) - torch.log(distances.new_tensor(len(distances)))
+    per_class = []
+    for label in torch.unique(labels):
+        group = normalised[labels == label]
+        if len(group) < 2:
+            continue
+        pairs = torch.triu_indices(len(group), len(group), offset=1, device=group.device)
+        squared = (group[pairs[0]] - group[pairs[1]]).pow(2).sum(1)  # differentiable at 0, unlike pdist
+        per_class.append(torch.logsumexp(-temperature * squared, dim=0) - torch.log(squared.new_tensor(len(squared))))
+    return torch.stack(per_class).mean() if per_class else features.new_zeros(())
 
 
 def entropy_loss(features: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,13 @@ HISTORY_FILE = "history.json"
 REPORT_FILE = "training.json"
 
 
+def paired(labels: torch.Tensor) -> torch.Tensor:
+    """The generator step's labels: the first half of the batch's labels twice, so every class drawn has at least
+    two generated images with different latents (what the within-class UR compares)."""
+    half = labels[: len(labels) // 2]
+    return torch.cat([half, half, labels[2 * len(half) :]])
+
+
 def ema_decay_at(decay: float, step: int) -> float:
     """The EMA decay at `step`, ramped up early so the average does not lag far behind a short training."""
     return min(decay, (1 + step) / (10 + step))
@@ -144,15 +151,16 @@ class GanTrainer:
         return terms
 
     def generator_losses(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Adversarial, consistency, UR and ER terms and their weighted sum (``generator``); a term whose weight is
-        0 is measured but adds nothing."""
+        """Adversarial, consistency, UR and ER terms and their weighted sum (``generator``) on images of the
+        batch's classes in same-class pairs (`paired`); a term whose weight is 0 is measured but adds nothing."""
         s = self.settings
+        labels = paired(labels)
         fake = self.generator(self.latents(len(labels)), labels)
         logits, features = self.discriminator(self.augment(fake), labels)
         terms = {
             "adversarial": hinge_generator(logits),
             "consistency": F.cross_entropy(self.classifier(classifier_view(fake)), labels),
-            "uniformity": uniformity_loss(features),
+            "uniformity": uniformity_loss(features, labels),
             "entropy": entropy_loss(features),
         }
         total = terms["adversarial"]
