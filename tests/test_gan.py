@@ -15,8 +15,8 @@ from rsdistill.core.errors import RSDistillError
 from rsdistill.generator import gan_training
 from rsdistill.generator.gan import GanConfig, GanGenerator
 from rsdistill.generator.gan_checks import GanDiverged, GanSettings, check_collapse, collapse_ratios, real_spreads
-from rsdistill.generator.gan_losses import diff_augment, parse_policy
-from rsdistill.generator.gan_training import GanTrainer, train_gan
+from rsdistill.generator.gan_losses import diff_augment, parse_policy, uniformity_loss
+from rsdistill.generator.gan_training import GanTrainer, paired, train_gan
 from rsdistill.generator.latent_classifier import LatentClassifier, LatentClassifierConfig
 from tests.generator_helpers import one_thread
 
@@ -246,3 +246,23 @@ def test_inversion_moves_z_toward_the_image_and_candidates_stay_near_it() -> Non
     near, far = candidate_latent(found[0], 7, 0.1), candidate_latent(found[0], 7, 1.0)
     assert torch.equal(near, candidate_latent(found[0], 7, 0.1))
     assert (near - found[0]).norm() < (far - found[0]).norm()
+
+
+def test_uniformity_is_measured_within_each_class() -> None:
+    spread = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    two = torch.tensor([0, 0])
+    assert uniformity_loss(collapsed, two).item() == pytest.approx(0.0)  # one image for every z: the maximum
+    assert uniformity_loss(spread, two).item() == pytest.approx(-4.0)  # -t * ||e1 - e2||^2 with t = 2
+    # images of different classes are never compared: a batch of distinct classes has nothing to measure
+    assert uniformity_loss(spread, torch.tensor([0, 1])).item() == 0.0
+    features = torch.cat([collapsed, spread]).requires_grad_()
+    loss = uniformity_loss(features, torch.tensor([0, 0, 1, 1]))
+    assert loss.item() == pytest.approx(-2.0)
+    loss.backward()
+    assert torch.isfinite(features.grad).all()  # differentiable where a class has collapsed
+
+
+def test_the_generator_step_draws_classes_in_pairs() -> None:
+    labels = torch.tensor([3, 1, 4, 1, 5])
+    assert paired(labels).tolist() == [3, 1, 3, 1, 5]
