@@ -266,3 +266,20 @@ def test_uniformity_is_measured_within_each_class() -> None:
 def test_the_generator_step_draws_classes_in_pairs() -> None:
     labels = torch.tensor([3, 1, 4, 1, 5])
     assert paired(labels).tolist() == [3, 1, 3, 1, 5]
+
+
+def test_a_checkpoint_without_its_history_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
+    original = GanTrainer.train_step
+
+    def interrupted(self: GanTrainer, *args: object) -> dict[str, float]:
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(GanTrainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path)
+    (tmp_path / "checkpoint-2" / "history.json").unlink()
+    monkeypatch.setattr(GanTrainer, "train_step", original)
+    with pytest.raises(RSDistillError, match=r"checkpoint-2 has no history\.json"):
+        train(tmp_path)

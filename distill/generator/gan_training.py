@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rsdistill.core.atomic import write_text_atomic
+from rsdistill.core.errors import RSDistillError
 from rsdistill.data.dataset import stratified_holdout
 from rsdistill.generator.checkpoints import commit_checkpoint, find_resume_point
 from rsdistill.generator.gan import (
@@ -314,6 +315,11 @@ def train_gan(
     history: list[dict[str, float]] = []
     if resume is not None:
         step, path = resume
+        if not (path / HISTORY_FILE).is_file():
+            raise RSDistillError(
+                f"{path} has no {HISTORY_FILE}: it was written by an older rsdistill or only in part. Delete it "
+                f"to resume from an earlier checkpoint in {out}, or delete {out} to train again."
+            )
         trainer.load(path, step)
         history = json.loads((path / HISTORY_FILE).read_text())
         print(f"[gan] resumed from {path}")
