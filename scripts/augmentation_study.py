@@ -3,9 +3,9 @@
 For each dataset and each fraction of the real train split (a fixed stratified draw per fraction, at least one
 image per class), one ConvNet is trained per run on: the real images with each augmentation policy
 (`rsdistill.evaluate.policies`); the real images plus a distilled or generated set (--set LABEL=DIR, repeatable,
-geometric policy); the real images plus edited images (--edited DIR, from `rsdistill edit`, geometric policy). Every row of one
-comparison has the same network, resolution and steps; accuracy is top-1 on the whole real test split over
---runs seeded runs. With --clip-model a zero-shot row (no training) is added per dataset.
+geometric policy); the real images plus edited images (--edited DIR, from `rsdistill edit`, geometric policy).
+Every row of one comparison has the same network, resolution and steps; accuracy is top-1 on the whole real
+test split over --runs seeded runs. With --clip-model a zero-shot row (no training) is added per dataset.
 
 Rows accumulate in --out across invocations: a row already there with the same protocol is not trained again,
 so an interrupted study resumes and one command can add rows to another's table. Writes ``augmentation.md`` and
@@ -120,10 +120,14 @@ def study(args: argparse.Namespace, command: str, done: dict[tuple[Any, ...], di
 
 
 def write(rows: list[dict[str, Any]], out: Path) -> None:
+    """Writes `rows` together with the rows already in `out` (a study running beside this one keeps its rows)."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r["dataset"], r["fraction"] or 0.0, r["training"] != "real",
-                                       r["training"], r["policy"]))
-    write_text_atomic(out / "augmentation.json", json.dumps(rows, indent=1) + "\n")
+    saved = out / "augmentation.json"
+    merged = {row_key(row): row for row in json.loads(saved.read_text())} if saved.is_file() else {}
+    merged.update({row_key(row): row for row in rows})
+    rows = sorted(merged.values(), key=lambda r: (r["dataset"], r["fraction"] or 0.0, r["training"] != "real",
+                                                  r["training"], r["policy"]))
+    write_text_atomic(saved, json.dumps(rows, indent=1) + "\n")
     write_text_atomic(out / "augmentation.md", markdown(rows))
 
 
@@ -186,7 +190,7 @@ def main() -> None:
     done = {row_key(row): row for row in json.loads(saved.read_text())} if saved.is_file() else {}
     study(args, command, done)
     write(list(done.values()), args.out)
-    plot(list(done.values()), args.out / "augmentation.png")
+    plot(json.loads((args.out / "augmentation.json").read_text()), args.out / "augmentation.png")
     print(f"wrote {args.out} in {time.perf_counter() - start:.0f} s")
 
 
