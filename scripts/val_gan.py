@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--diffaugment", default=GeneratorConfig.gan_diffaugment, help="policy, or none")
     parser.add_argument("--r1", type=float, default=GeneratorConfig.gan_r1_gamma, help="R1 gamma (0: off)")
     parser.add_argument("--uniformity", type=float, default=0.0, help="UR weight (0: off)")
+    parser.add_argument("--uniformity_scope", choices=("class", "batch"), default=GeneratorConfig.gan_uniformity_scope,
+                        help="UR over each class's images (the generator's batch in same-class pairs) or the batch")
     parser.add_argument("--entropy", type=float, default=0.0, help="ER weight (0: off)")
     parser.add_argument(
         "--consistency", type=float, default=GeneratorConfig.consistency_lambda, help="consistency_lambda (0: off)"
@@ -91,7 +93,8 @@ def generator_config(args: argparse.Namespace) -> GeneratorConfig:
     return GeneratorConfig(
         kind="gan", max_train_steps=args.steps, train_batch_size=args.batch_size, gan_learning_rate=args.learning_rate,
         gan_width=args.width, gan_latent_dim=args.latent_dim, gan_diffaugment=args.diffaugment,
-        gan_r1_gamma=args.r1, gan_uniformity_weight=args.uniformity, gan_entropy_weight=args.entropy,
+        gan_r1_gamma=args.r1, gan_uniformity_weight=args.uniformity,
+        gan_uniformity_scope=args.uniformity_scope, gan_entropy_weight=args.entropy,
         consistency_lambda=args.consistency, classifier_steps=args.classifier_steps,
         checkpointing_steps=args.checkpointing_steps, gan_collapse_fraction=args.collapse_fraction,
         gan_prototype_spread=args.prototype_spread, gan_inversion_steps=args.inversion_steps,

@@ -89,6 +89,9 @@ def test_uniformity_and_entropy_change_the_generator_loss() -> None:
     assert ur["generator"] == pytest.approx(base + 0.5 * off["uniformity"])
     assert er["generator"] == pytest.approx(base + 0.5 * off["entropy"])
     assert ur["generator"] != off["generator"] != er["generator"]
+    with one_thread():
+        whole_batch = losses(uniformity_weight=0.5, uniformity_scope="batch")
+    assert whole_batch["uniformity"] != off["uniformity"]  # all images compared, and no same-class pairs drawn
 
 
 def test_a_nan_loss_stops_with_a_named_error_and_keeps_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
@@ -148,6 +151,7 @@ def test_generator_save_and_load_round_trip(tmp_path: Path) -> None:
         ({"gan_diffaugment": "color,zoom"}, "gan_diffaugment"),
         ({"mixed_precision": "bf16"}, "mixed_precision=no"),
         ({"gan_uniformity_weight": -1.0}, "gan_uniformity_weight"),
+        ({"gan_uniformity_scope": "image"}, "gan_uniformity_scope"),
         ({"gan_ema_decay": 1.0}, "gan_ema_decay"),
         ({"train_batch_size": 1}, "train_batch_size"),
     ],

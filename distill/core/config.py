@@ -184,6 +184,8 @@ class GeneratorConfig:
         gan_ema_decay: GAN: decay of the generator's exponential moving average (the EMA generator is the one saved)
         gan_uniformity_weight: GAN: weight of the uniformity regulariser UR on the discriminator features of
             generated images (Causal-RSGAN, distribution level; 0: off)
+        gan_uniformity_scope: GAN: where UR compares generated images: class (the images of each class, the
+            generator's batch drawn in same-class pairs) or batch (all images of the batch, no pairs)
         gan_entropy_weight: GAN: weight of the entropy regulariser ER, each generated image's feature entropy
             (Causal-RSGAN, sample level; 0: off)
         gan_collapse_fraction: GAN: at each checkpoint, stop as collapsed when a class's samples over fixed z spread
@@ -232,6 +234,7 @@ class GeneratorConfig:
     gan_r1_gamma: float = 0.0
     gan_ema_decay: float = 0.999
     gan_uniformity_weight: float = 0.0
+    gan_uniformity_scope: str = "class"
     gan_entropy_weight: float = 0.0
     gan_collapse_fraction: float = 0.15
     gan_inversion_steps: int = 50

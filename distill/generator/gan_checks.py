@@ -42,6 +42,7 @@ class GanSettings:
     r1_gamma: float
     ema_decay: float
     uniformity_weight: float
+    uniformity_scope: str
     entropy_weight: float
     consistency_lambda: float
     collapse_fraction: float
@@ -81,6 +82,11 @@ class GanSettings:
             raise RSDistillError(
                 f"generator.gan_collapse_fraction must be in [0, 1) (0: no check), not {g.gan_collapse_fraction}."
             )
+        if g.gan_uniformity_scope not in UNIFORMITY_SCOPES:
+            raise RSDistillError(
+                f"generator.gan_uniformity_scope must be one of {', '.join(UNIFORMITY_SCOPES)}, not "
+                f"{g.gan_uniformity_scope!r}."
+            )
         if g.mixed_precision != "no":
             raise RSDistillError(
                 f"The GAN trains in fp32; generator.mixed_precision={g.mixed_precision} is for the diffusion "
@@ -97,6 +103,7 @@ class GanSettings:
             g.gan_r1_gamma,
             g.gan_ema_decay,
             g.gan_uniformity_weight,
+            g.gan_uniformity_scope,
             g.gan_entropy_weight,
             g.consistency_lambda,
             g.gan_collapse_fraction,
@@ -111,6 +118,9 @@ class GanSettings:
         """The settings that decide the trained weights (a checkpoint made with others is not resumed)."""
         skip = {"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint", "progress"}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in skip}
+
+
+UNIFORMITY_SCOPES = ("class", "batch")
 
 
 class GanDiverged(RSDistillError):

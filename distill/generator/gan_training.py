@@ -153,15 +153,17 @@ class GanTrainer:
 
     def generator_losses(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Adversarial, consistency, UR and ER terms and their weighted sum (``generator``) on images of the
-        batch's classes in same-class pairs (`paired`); a term whose weight is 0 is measured but adds nothing."""
+        batch's classes, in same-class pairs (`paired`) when UR compares the images of each class; a term whose
+        weight is 0 is measured but adds nothing."""
         s = self.settings
-        labels = paired(labels)
+        by_class = s.uniformity_scope == "class"
+        labels = paired(labels) if by_class else labels
         fake = self.generator(self.latents(len(labels)), labels)
         logits, features = self.discriminator(self.augment(fake), labels)
         terms = {
             "adversarial": hinge_generator(logits),
             "consistency": F.cross_entropy(self.classifier(classifier_view(fake)), labels),
-            "uniformity": uniformity_loss(features, labels),
+            "uniformity": uniformity_loss(features, labels if by_class else torch.zeros_like(labels)),
             "entropy": entropy_loss(features),
         }
         total = terms["adversarial"]
