@@ -68,6 +68,8 @@ def config_tag(dataset: str, ipc: int, overrides: list[str]) -> str:
     text = dump_config(config)
     if config.refine.objective == "mean":  # the default, as before the setting existed: the same tag
         text = text.replace("  objective: mean\n", "", 1)
+    if config.generator.kind == "diffusion":  # a diffusion run reads none of the GAN's settings: the same tag
+        text = re.sub(r"  (kind: diffusion|gan_\w+: .*)\n", "", text)
     return hashlib.sha256((text + base).encode()).hexdigest()[:10]
 
 

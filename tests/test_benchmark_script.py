@@ -122,3 +122,11 @@ def test_realism_privacy_table_shows_before_and_after_refinement_and_the_verdict
     assert "| eurosat | 10 | ablation: no refinement | 55.00 | 120.0 | 0.1000 | – | – | – | – |" in lines
     assert ("| eurosat | 10 | distilled | 68.10 | 120.0 → 140.6 | 0.1000 → 0.1235 | 2 / 100 | 0.512 / 0.498 "
             "| 0.550 (0.020) | no |") in lines
+
+
+def test_gan_settings_leave_a_diffusion_configs_tag_alone() -> None:
+    benchmark = load_benchmark()
+    tag = benchmark.config_tag("eurosat", 10, [])
+    assert benchmark.config_tag("eurosat", 10, ["generator.gan_width=64"]) == tag
+    assert benchmark.config_tag("eurosat", 10, ["generator.kind=gan"]) != tag
+    assert benchmark.config_tag("eurosat", 10, ["refine.iterations=151"]) != tag
