@@ -48,16 +48,22 @@ def train(out: Path, config: GeneratorConfig = TINY) -> GanGenerator:
         return train_gan(images, labels, CLASSES, GanSettings.from_config(config), out, seed=0)
 
 
-def test_gan_trains_checkpoints_and_resumes_to_identical_weights(tmp_path: Path, monkeypatch) -> None:
-    train(tmp_path / "whole")
+def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> object:
+    """Makes `GanTrainer.train_step` raise KeyboardInterrupt at `step`; returns the original to put back."""
     original = GanTrainer.train_step
 
     def interrupted(self: GanTrainer, *args: object) -> dict[str, float]:
-        if self.step == 2:
+        if self.step == step:
             raise KeyboardInterrupt
         return original(self, *args)
 
     monkeypatch.setattr(GanTrainer, "train_step", interrupted)
+    return original
+
+
+def test_gan_trains_checkpoints_and_resumes_to_identical_weights(tmp_path: Path, monkeypatch) -> None:
+    train(tmp_path / "whole")
+    original = interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "resumed")
     assert [p.name for p in sorted((tmp_path / "resumed").glob("checkpoint-*"))] == ["checkpoint-2"]
@@ -273,14 +279,7 @@ def test_the_generator_step_draws_classes_in_pairs() -> None:
 
 
 def test_a_checkpoint_without_its_history_is_refused_by_name(tmp_path: Path, monkeypatch) -> None:
-    original = GanTrainer.train_step
-
-    def interrupted(self: GanTrainer, *args: object) -> dict[str, float]:
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(GanTrainer, "train_step", interrupted)
+    original = interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path)
     (tmp_path / "checkpoint-2" / "history.json").unlink()

@@ -164,13 +164,7 @@ class GanSelection(CandidateSelection):
             logits = dihedral_average(self.classifier, view).cpu()
             scores = selection_scores(logits, labels, self.config.selection).tolist()
             predicted = logits.argmax(dim=1).tolist()
-            keys, distances = self.nearest.query(images)
-            out += [
-                Candidate(target, number, seed, image, score, guess, key, float(distance))
-                for (target, number), seed, image, score, guess, key, distance in zip(
-                    batch, seeds, images, scores, predicted, keys, distances, strict=True
-                )
-            ]
+            out += self.described(batch, seeds, images, scores, predicted)
         return out
 
 

@@ -248,9 +248,28 @@ def prototype_latent(
 
 class CandidateSelection:
     """Keeps, for every target, the best of its candidates (`candidates`, made by a subclass), passing over near
-    copies with ``reject_near_copies`` (`config`: the synthesis settings)."""
+    copies with ``reject_near_copies`` (`config`: the synthesis settings; `nearest`: the real train images'
+    index)."""
 
     config: SynthesisConfig
+    nearest: NearestReal
+
+    def described(
+        self,
+        batch: Sequence[tuple[Target, int]],
+        seeds: Sequence[int],
+        images: np.ndarray,
+        scores: Sequence[float | None],
+        predicted: Sequence[int | None],
+    ) -> list[Candidate]:
+        """The candidates of `batch` ((target, number) pairs), each with its nearest real train image."""
+        keys, distances = self.nearest.query(images)
+        return [
+            Candidate(target, number, seed, image, score, guess, key, float(distance))
+            for (target, number), seed, image, score, guess, key, distance in zip(
+                batch, seeds, images, scores, predicted, keys, distances, strict=True
+            )
+        ]
 
     def candidates(self, targets: Sequence[Target], numbers: Sequence[int]) -> list[Candidate]:
         """Candidates `numbers` of every target, in (target, number) order."""
@@ -343,13 +362,7 @@ class Synthesizer(CandidateSelection):
                 labels = torch.tensor([target.label for target, _ in batch])
                 scores = selection_scores(logits, labels, self.config.selection).tolist()
                 predicted = logits.argmax(dim=1).tolist()
-            keys, distances = self.nearest.query(images)
-            out += [
-                Candidate(target, number, seed, image, score, guess, key, float(distance))
-                for (target, number), seed, image, score, guess, key, distance in zip(
-                    batch, seeds, images, scores, predicted, keys, distances, strict=True
-                )
-            ]
+            out += self.described(batch, seeds, images, scores, predicted)
         return out
 
 
