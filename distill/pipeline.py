@@ -92,6 +92,18 @@ class Run:
     def shared_path(self, name: str, config: Any, inputs: dict[str, str]) -> Path:
         return self.shared / f"{name}-{fingerprint(name, config, inputs)}"
 
+    def shared_alone(
+        self, name: str, settings: Any, inputs: dict[str, str], make: Callable[[Path], None], note: str = ""
+    ) -> Path:
+        """The shared stage `name`, built by `make(work)` on the main process unless it is done, and recorded."""
+        folder = self.shared_path(name, settings, inputs)
+        stage = Stage(folder.parent, folder.name, settings, inputs, family=name)
+        if not self.procs.share(stage.done):  # the main process's view: every process joins the same steps
+            print(f"[{name}] building into {folder}{note}")
+            build_alone(self.procs, stage, make)
+        self.record(name, folder)
+        return folder
+
     def check_settings(self, evaluate: bool = True) -> None:
         """Refuses, before the first stage starts, any setting a later stage would refuse, with that stage's
         own check: the device, the generator (preset, a pretrained bundle that cannot be found offline,
@@ -137,12 +149,7 @@ class Run:
         g = self.config.generator
         settings = base_settings(g, self.context.resolution)
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
-        folder = self.shared_path("base", settings, inputs)
-        stage = Stage(folder.parent, folder.name, settings, inputs, family="base")
-        if not self.procs.share(stage.done):  # the main process's view: every process joins the same steps
-            print(f"[base] building into {folder}")
-            build_alone(self.procs, stage, self._build_base)
-        self.record("base", folder)
+        folder = self.shared_alone("base", settings, inputs, self._build_base)
         bundle = Path(g.pretrained_model_name_or_path) if g.pretrained_model_name_or_path else folder
         return bundle, folder / CLASSIFIER_FOLDER
 
@@ -191,13 +198,7 @@ class Run:
         """Trains the GAN into its shared stage folder (resuming from the latest checkpoint) and returns it."""
         settings = gan_stage_settings(self.config, self.context.resolution)
         inputs = {"data": self.dataset.fingerprint, "seed": str(self.config.seed)}
-        folder = self.shared_path("gan", settings, inputs)
-        stage = Stage(folder.parent, folder.name, settings, inputs, family="gan")
-        if not self.procs.share(stage.done):  # the main process's view: every process joins the same steps
-            print(f"[gan] training into {folder} (resumes from its latest checkpoint)")
-            build_alone(self.procs, stage, self._build_gan)
-        self.record("gan", folder)
-        return folder
+        return self.shared_alone("gan", settings, inputs, self._build_gan, " (resumes from its latest checkpoint)")
 
     def _build_gan(self, work: Path) -> None:
         train = self.context.images("train")
