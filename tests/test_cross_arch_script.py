@@ -1,0 +1,40 @@
+"""The cross-architecture script: one column per network, a clear stop for a set the benchmark has not made."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cross_arch.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("cross_arch_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_has_a_column_per_network_and_a_dash_where_unscored() -> None:
+    script = load_script()
+    results = {
+        "ucmerced/10/herding/convnet3": {"accuracy_mean": 66.11, "accuracy_std": 1.68},
+        "ucmerced/10/herding/resnet18": {"accuracy_mean": 50.5, "accuracy_std": 0.25},
+        "ucmerced/10/dm (from real images)/convnet3": {"accuracy_mean": 71.9, "accuracy_std": 0.51},
+    }
+    lines = script.table(results, ["convnet3", "resnet18"]).splitlines()
+    assert lines[0] == "| dataset | IPC | set | convnet3 | resnet18 |"
+    assert lines[2] == "| ucmerced | 10 | dm (from real images) | 71.90 ± 0.51 | – |"
+    assert lines[3] == "| ucmerced | 10 | herding | 66.11 ± 1.68 | 50.50 ± 0.25 |"
+
+
+def test_a_missing_set_names_the_benchmark_command_that_makes_it(tmp_path: Path) -> None:
+    script = load_script()
+    with pytest.raises(SystemExit, match="--ipcs 10 --methods m3d --no-ablations"):
+        script.set_folder(tmp_path, "ucmerced", 10, "m3d")
+    folder = tmp_path / "ucmerced" / "ipc10" / "peers" / "m3d" / "set"
+    folder.mkdir(parents=True)
+    (folder / "metadata.jsonl").write_text("")
+    assert script.set_folder(tmp_path, "ucmerced", 10, "m3d") == folder
