@@ -31,6 +31,12 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
     assert load_config(None, ["generator.snr_gamma=none"]).generator.snr_gamma is None
 
 
+@pytest.mark.parametrize("value", ["random,full", "[random, full]", "[random,full]", " random , full "])
+def test_a_list_override_reads_the_comma_and_the_bracket_forms(value: str) -> None:
+    assert load_config(None, [f"evaluation.baselines={value}"]).evaluation.baselines == ["random", "full"]
+    assert load_config(None, ["evaluation.baselines=[]"]).evaluation.baselines == []
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -444,8 +444,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
+        if isinstance(value, str):  # "a,b" or YAML's flow form "[a, b]", as written on a command line
+            value = [v.strip() for v in value.strip().removeprefix("[").removesuffix("]").split(",") if v.strip()]
         return [_coerce(v, args[0], where) for v in value]
     try:
         if annotation is bool:
