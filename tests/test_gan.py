@@ -217,6 +217,14 @@ def test_rsdistill_run_with_the_gan_then_skips_done_stages(make_imagefolder, tmp
     with one_thread():
         assert main(args) == 0  # everything done: nothing is rebuilt
     assert stamps == {p.name: json.loads((p / "manifest.json").read_text())["finished_at"] for p in done}
+    generate = ["generate", "--generator", str(gan), "--dataset", f"imagefolder:{root}", "--resolution", "16",
+                "--guidance", "none", "--ipc", "2", "--out", str(tmp_path / "generated")]
+    with one_thread():
+        assert main(generate) == 0  # `rsdistill generate` takes the GAN stage folder as a generator
+    lines = (tmp_path / "generated" / "set" / "metadata.jsonl").read_text().splitlines()
+    generated = [json.loads(line) for line in lines]
+    assert sorted(r["label"] for r in generated) == ["forest", "forest", "lake", "lake"]
+    assert {r["generator_kind"] for r in generated} == {"gan"}
 
 
 @pytest.mark.parametrize(("extra", "message"), [

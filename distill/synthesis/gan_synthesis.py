@@ -180,6 +180,12 @@ def gan_record(config: SynthesisConfig, settings: GeneratorConfig) -> dict[str, 
     return record
 
 
+def is_gan_folder(folder: str | Path) -> bool:
+    """Whether `folder` is a GAN stage folder (its generator and classifier) rather than a diffusion bundle."""
+    path = Path(folder)
+    return (path / GENERATOR_FOLDER / "config.json").is_file() and not (path / "model_index.json").is_file()
+
+
 def load_gan(gan_dir: str | Path, classes: list[str], resolution: int) -> tuple[GanGenerator, LatentClassifier]:
     """The GAN stage's EMA generator and pixel classifier, checked against the dataset's classes and resolution."""
     generator = GanGenerator.from_pretrained(Path(gan_dir) / GENERATOR_FOLDER)
