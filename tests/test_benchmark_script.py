@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_helpers import load_script
 
 
 def test_table_shows_percent_accuracies_and_the_full_row() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     full = {"accuracy": 93.06}
     results = {
         "eurosat/10/random": {"accuracy_mean": 60.49, "accuracy_std": 0.78, "ratio_to_full": 0.65,
@@ -35,7 +27,7 @@ def test_table_shows_percent_accuracies_and_the_full_row() -> None:
 
 
 def test_accuracy_of_picks_the_indexed_row_of_a_kind() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     report = {"rows": [
         {"kind": "set", "accuracy": {"mean": 50.0, "std": 1.0, "runs": [49, 51]}},
         {"kind": "baseline", "accuracy": {"mean": 40.0, "std": 2.0, "runs": [38, 42]}},
@@ -47,7 +39,7 @@ def test_accuracy_of_picks_the_indexed_row_of_a_kind() -> None:
 
 
 def test_table_marks_items_scored_with_an_earlier_config() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     current = benchmark.config_tag("ucmerced", 10, [])
     row = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "ratio_to_full": None, "storage_ratio": None}
     results = {
@@ -66,7 +58,7 @@ def test_table_marks_items_scored_with_an_earlier_config() -> None:
 def test_config_tag_follows_the_preset_behind_an_unchanged_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from rsdistill.generator import scratch
 
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     before = benchmark.config_tag("eurosat", 10, [])
     assert benchmark.config_tag("eurosat", 10, []) == before
     wider = dataclasses.replace(scratch.PRESETS["scratch-cpu"], unet_channels=(96, 192, 192))
@@ -75,7 +67,7 @@ def test_config_tag_follows_the_preset_behind_an_unchanged_config(monkeypatch: p
 
 
 def test_record_drops_ablations_the_benchmark_no_longer_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     monkeypatch.setattr(benchmark, "RESULTS", tmp_path)
     row = {"accuracy_mean": 50.0, "accuracy_std": 1.0, "ratio_to_full": None, "storage_ratio": None}
     kept = f"eurosat/10/ablation: {next(iter(benchmark.ABLATIONS))}"
@@ -87,7 +79,7 @@ def test_record_drops_ablations_the_benchmark_no_longer_runs(tmp_path: Path, mon
 
 
 def test_table_gives_dd_ranking_figures_against_random_and_full() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     full = {"accuracy": 90.0}
     item = {"accuracy_std": 0.0, "ratio_to_full": None, "storage_ratio": None, "full": full}
     results = {"eurosat/10/random": {**item, "accuracy_mean": 60.0},
@@ -100,7 +92,7 @@ def test_table_gives_dd_ranking_figures_against_random_and_full() -> None:
 
 
 def test_realism_privacy_table_shows_before_and_after_refinement_and_the_verdict() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     privacy = {"safe": False, "reasons": ["..."], "near_copies_failing": 2, "images": 100,
                "near_copy_threshold": 0.05, "set_distance_min": 0.01, "set_model_auc": 0.512,
                "coreset_model_auc": 0.498, "generator_auc": 0.55, "generator_tpr_at_1pct_fpr": 0.02}
@@ -125,7 +117,7 @@ def test_realism_privacy_table_shows_before_and_after_refinement_and_the_verdict
 
 
 def test_gan_settings_leave_a_diffusion_configs_tag_alone() -> None:
-    benchmark = load_benchmark()
+    benchmark = load_script("benchmark")
     tag = benchmark.config_tag("eurosat", 10, [])
     assert benchmark.config_tag("eurosat", 10, ["generator.gan_width=64"]) == tag
     assert benchmark.config_tag("eurosat", 10, ["generator.kind=gan"]) != tag

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "cross_arch.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("cross_arch_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_helpers import load_script
 
 
 def test_table_has_a_column_per_network_and_a_dash_where_unscored() -> None:
-    script = load_script()
+    script = load_script("cross_arch")
     results = {
         "ucmerced/10/herding/convnet3": {"accuracy_mean": 66.11, "accuracy_std": 1.68},
         "ucmerced/10/herding/resnet18": {"accuracy_mean": 50.5, "accuracy_std": 0.25},
@@ -31,7 +23,7 @@ def test_table_has_a_column_per_network_and_a_dash_where_unscored() -> None:
 
 
 def test_a_missing_set_names_the_benchmark_command_that_makes_it(tmp_path: Path) -> None:
-    script = load_script()
+    script = load_script("cross_arch")
     with pytest.raises(SystemExit, match="--ipcs 10 --methods m3d --no-ablations"):
         script.set_folder(tmp_path, "ucmerced", 10, "m3d")
     folder = tmp_path / "ucmerced" / "ipc10" / "peers" / "m3d" / "set"

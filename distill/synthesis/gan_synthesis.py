@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rsdistill.core.artifacts import Stage
 from rsdistill.core.config import GeneratorConfig, SynthesisConfig
 from rsdistill.core.distributed import processes
 from rsdistill.core.errors import RSDistillError
@@ -35,12 +34,12 @@ from rsdistill.synthesis.synthesize import (
     CandidateSelection,
     Target,
     candidate_seed,
-    folder_fingerprint,
     generate_set,
     load_targets,
     pixels_for,
     sampler_settings,
     selection_scores,
+    synthesis_stage,
     to_pixels,
     to_uint8,
 )
@@ -230,20 +229,8 @@ def synthesize_gan(
         raise RSDistillError("Guidance 'prototype' needs the prototypes folder (or use synthesis.guidance=none).")
     dataset = context.dataset
     targets = load_targets(dataset, prototypes_dir, None, ipc)
-    out = Path(out)
-    stage_config = {
-        **asdict(config),
-        **gan_record(config, settings),
-        "seed": context.seed,
-        "ipc": ipc,
-        "data_resolution": context.resolution,
-    }
-    inputs = {
-        "generator": folder_fingerprint(gan_dir),
-        "prototypes": folder_fingerprint(prototypes_dir),
-        "dataset": dataset.fingerprint,
-    }
-    stage = Stage(out.parent, out.name, stage_config, inputs, overwrite=context.overwrite)
+    stage = synthesis_stage(context, out, {**asdict(config), **gan_record(config, settings)}, ipc, gan_dir,
+                            prototypes_dir)
     if stage.done:
         print(f"{stage.path} is finished for these settings; kept as it is.")
         return stage.path / SET_FOLDER

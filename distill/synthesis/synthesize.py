@@ -172,6 +172,25 @@ def folder_fingerprint(folder: str | Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
+def synthesis_stage(
+    context: RunContext,
+    out: str | Path,
+    settings: dict[str, Any],
+    ipc: int | None,
+    generator_dir: str | Path,
+    prototypes_dir: str | Path | None,
+    **more_inputs: str | Path | None,
+) -> Stage:
+    """The synthesis stage folder `out`, identified by `settings` with the run's seed, `ipc` and resolution, and by
+    the fingerprints of the generator, the prototypes, `more_inputs` (folders) and the dataset."""
+    out = Path(out)
+    stage_config = {**settings, "seed": context.seed, "ipc": ipc, "data_resolution": context.resolution}
+    folders = {"generator": generator_dir, "prototypes": prototypes_dir, **more_inputs}
+    inputs = {name: folder_fingerprint(folder) for name, folder in folders.items()}
+    inputs["dataset"] = context.dataset.fingerprint
+    return Stage(out.parent, out.name, stage_config, inputs, overwrite=context.overwrite)
+
+
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """Pixels in [-1, 1] (N, 3, H, W) -> uint8 (N, H, W, 3), rounded like diffusers' pipelines."""
     scaled = ((pixels.float().cpu() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
@@ -517,20 +536,12 @@ def synthesize(
     Returns:
         The set folder.
     """
-    dataset, seed, data_resolution = context.dataset, context.seed, context.resolution
+    dataset, seed = context.dataset, context.seed
     sampler_settings(config)
     if config.guidance != "none" and prototypes_dir is None:
         raise RSDistillError(f"Guidance {config.guidance!r} needs --prototypes (or use --guidance none).")
     targets = load_targets(dataset, prototypes_dir, prompts_dir, ipc)
-    out = Path(out)
-    stage_config = {**asdict(config), "seed": seed, "ipc": ipc, "data_resolution": data_resolution}
-    inputs = {
-        "generator": folder_fingerprint(bundle_dir),
-        "prototypes": folder_fingerprint(prototypes_dir),
-        "prompts": folder_fingerprint(prompts_dir),
-        "dataset": dataset.fingerprint,
-    }
-    stage = Stage(out.parent, out.name, stage_config, inputs, overwrite=context.overwrite)
+    stage = synthesis_stage(context, out, asdict(config), ipc, bundle_dir, prototypes_dir, prompts=prompts_dir)
     if stage.done:
         print(f"{stage.path} is finished for these settings; kept as it is.")
         return stage.path / SET_FOLDER
