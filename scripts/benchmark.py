@@ -11,7 +11,8 @@ by the dataset config's refinement with that method's objective; rows labelled "
 sets are not privacy-safe; docs/peers.md), and `full`. At IPC 10 it adds the ablations. Each scored item is
 kept as JSON under --work (a distilled item under a hash of its effective config, so a changed config is
 scored again), so an interrupted benchmark resumes and a partial one can be extended; the merged
-table goes to scripts/results/benchmark.{json,md} (no images) and, with --readme, into README.md.
+table goes to scripts/results/benchmark.{json,md} (no images) and, with --readme, into README.md and
+docs/results.md.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from rsdistill.pipeline import base_settings
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
+QUOTING = (HERE.parent / "README.md", HERE.parent / "docs" / "results.md")  # files whose table --readme rewrites
 CORESETS = ("random", "herding", "kcenter", "kmeans")
 PEERS = ("dm", "m3d")
 METHODS = ("distilled", *CORESETS, *PEERS)
@@ -319,10 +321,10 @@ def record(new: dict[str, Any], command: str, readme: bool) -> None:
     )
     write_text_atomic(RESULTS / "benchmark.md", markdown)
     if readme:
-        readme_path = HERE.parent / "README.md"
         block = f"<!-- benchmark:start -->\n{table(results)}\n<!-- benchmark:end -->"
-        text = re.sub(r"<!-- benchmark:start -->.*<!-- benchmark:end -->", block, readme_path.read_text(), flags=re.S)
-        readme_path.write_text(text)
+        for path in QUOTING:
+            text = re.sub(r"<!-- benchmark:start -->.*<!-- benchmark:end -->", block, path.read_text(), flags=re.S)
+            path.write_text(text)
 
 
 def main() -> None:
@@ -335,7 +337,8 @@ def main() -> None:
     parser.add_argument("--ablation", action="append", choices=[tag(label) for label in ABLATIONS],
                         help="run only this ablation (repeatable; default: all of them)")
     parser.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="cached items and runs")
-    parser.add_argument("--readme", action="store_true", help="regenerate README.md's results table")
+    parser.add_argument("--readme", action="store_true",
+                        help="regenerate the results table of README.md and docs/results.md")
     parser.add_argument("--tables-only", action="store_true",
                         help="only rewrite the tables (and, with --readme, README.md) from scripts/results")
     args = parser.parse_args()
