@@ -59,7 +59,7 @@ def score(context: RunContext, evaluation: Any, folder: Path, model: str, out: P
     row = next(r for r in report["rows"] if r["kind"] == "set")
     return {"accuracy_mean": row["accuracy"]["mean"], "accuracy_std": row["accuracy"]["std"],
             "accuracies": row["accuracy"]["runs"], "protocol": report["protocol_label"],
-            "wall_s": report["wall_s"], "set": str(folder)}
+            "wall_s": report["wall_s"], "runs": len(row["accuracy"]["runs"]), "set": str(folder)}
 
 
 def table(results: dict[str, Any], models: list[str]) -> str:
@@ -87,7 +87,7 @@ def record(new: dict[str, Any], command: str) -> str:
     produced = "\n".join(f"    RSDISTILL_DATA=../shared/datasets {c}" for c in commands)
     text = (f"# Cross-architecture scores (hard labels, docs/benchmark.md protocol otherwise)\n\nProduced by\n\n"
             f"{produced}\n\nTest accuracy (%) of each network trained on the set alone, mean ± std over "
-            f"3 runs.\n\n{table(results, models)}\n")
+            f"the runs of each item (`runs` in cross_arch.json).\n\n{table(results, models)}\n")
     write_text_atomic(RESULTS / "cross_arch.md", text)
     return text
 
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--models", nargs="+", default=["convnet3", "resnet18-in", "efficientnet-lite0"],
                         choices=MODELS)
+    parser.add_argument("--runs", type=int, help="training runs per item (default: the protocol's 3)")
     parser.add_argument("--work", type=Path, default=Path("runs/benchmark"), help="the benchmark's --work")
     args = parser.parse_args()
     command = "python scripts/cross_arch.py " + shlex.join(sys.argv[1:])
@@ -106,11 +107,12 @@ def main() -> None:
         folders = {method: set_folder(args.work, name, args.ipc, method) for method in args.sets}
         config = load_config(HERE / "configs" / f"{name}-ipc{args.ipc}.yaml")
         context = RunContext.from_config(load_dataset(name), config)
-        for method, folder in folders.items():
-            for model in args.models:
+        evaluation = replace(config.evaluation, runs=args.runs or config.evaluation.runs)
+        for model in args.models:  # one network's column for every set first: an interrupted table is by column
+            for method, folder in folders.items():
                 key = f"{name}/{args.ipc}/{SETS[method][1]}/{model}"
-                out = args.work / name / f"ipc{args.ipc}" / "cross_arch" / f"{method}-{model}"
-                record({key: score(context, config.evaluation, folder, model, out)}, command)
+                out = args.work / name / f"ipc{args.ipc}" / "cross_arch" / f"{method}-{model}-{evaluation.runs}runs"
+                record({key: score(context, evaluation, folder, model, out)}, command)
     print((RESULTS / "cross_arch.md").read_text())
 
 
