@@ -340,7 +340,8 @@ def main() -> None:
     parser.add_argument("--readme", action="store_true",
                         help="regenerate the results table of README.md and docs/results.md")
     parser.add_argument("--tables-only", action="store_true",
-                        help="only rewrite the tables (and, with --readme, README.md) from scripts/results")
+                        help="only rewrite the tables (and, with --readme, those of README.md and docs/results.md) "
+                             "from scripts/results")
     args = parser.parse_args()
     if args.tables_only:
         record({}, "", args.readme)

@@ -6,7 +6,7 @@
 A set tuned to one network may collapse on another. This scores the sets `scripts/benchmark.py` made under
 --work (the distilled set, herding, and the peers dm and m3d) with every --models network (rsdistill.evaluate.
 networks: convnet3, resnet18, resnet18-in, efficientnet-lite0), hard labels, the benchmark's protocol otherwise
-(500 steps, 3 runs, geometric augmentation, the test split). A set the benchmark has not made yet stops the
+(500 steps, 3 runs unless --runs says otherwise, geometric augmentation, the test split). A set the benchmark has not made yet stops the
 script with the benchmark command that makes it. Each (set, network) item is cached under
 --work/<dataset>/ipc<k>/cross_arch/, so an interrupted table resumes; the table goes to
 scripts/results/cross_arch.{json,md} (merged with the items already there).
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rsdistill.core.atomic import write_text_atomic
-from rsdistill.core.config import load_config
+from rsdistill.core.config import EvalConfig, load_config
 from rsdistill.data.context import RunContext
 from rsdistill.data.sources import load_dataset
 from rsdistill.evaluate.networks import MODELS
@@ -50,7 +50,7 @@ def set_folder(work: Path, dataset: str, ipc: int, method: str) -> Path:
     return folder
 
 
-def score(context: RunContext, evaluation: Any, folder: Path, model: str, out: Path) -> dict[str, Any]:
+def score(context: RunContext, evaluation: EvalConfig, folder: Path, model: str, out: Path) -> dict[str, Any]:
     """Accuracy (percent) of `model` trained on the set in `folder` by the benchmark protocol."""
     from rsdistill.evaluate.evaluation import evaluate_sets
 
