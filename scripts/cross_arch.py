@@ -6,9 +6,9 @@
 A set tuned to one network may collapse on another. This scores the sets `scripts/benchmark.py` made under
 --work (the distilled set, herding, and the peers dm and m3d) with every --models network (rsdistill.evaluate.
 networks: convnet3, resnet18, resnet18-in, efficientnet-lite0), hard labels, the benchmark's protocol otherwise
-(500 steps, 3 runs unless --runs says otherwise, geometric augmentation, the test split). A set the benchmark has not made yet stops the
-script with the benchmark command that makes it. Each (set, network) item is cached under
---work/<dataset>/ipc<k>/cross_arch/, so an interrupted table resumes; the table goes to
+(500 steps, 3 runs unless --runs says otherwise, geometric augmentation, the test split). A set the benchmark
+has not made yet stops the script with the benchmark command that makes it. Each (set, network) item is cached
+under --work/<dataset>/ipc<k>/cross_arch/, so an interrupted table resumes; the table goes to
 scripts/results/cross_arch.{json,md} (merged with the items already there).
 """
 
