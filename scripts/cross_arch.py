@@ -63,7 +63,7 @@ def score(context: RunContext, evaluation: EvalConfig, folder: Path, model: str,
 
 
 def table(results: dict[str, Any], models: list[str]) -> str:
-    """One row per (dataset, IPC, set), one column per network: mean ± std over the runs."""
+    """One row per (dataset, IPC, set), one column per network: mean ± std over the runs (a single run says so)."""
     lines = ["| dataset | IPC | set | " + " | ".join(models) + " |", "|---|---|---" + "|---" * len(models) + "|"]
     rows = sorted({key.rsplit("/", 1)[0] for key in results})
     for row in rows:
@@ -71,7 +71,12 @@ def table(results: dict[str, Any], models: list[str]) -> str:
         cells = []
         for model in models:
             item = results.get(f"{row}/{model}")
-            cells.append(f"{item['accuracy_mean']:.2f} ± {item['accuracy_std']:.2f}" if item else "–")
+            if not item:
+                cells.append("–")
+            elif item.get("runs") == 1:
+                cells.append(f"{item['accuracy_mean']:.2f} (1 run)")
+            else:
+                cells.append(f"{item['accuracy_mean']:.2f} ± {item['accuracy_std']:.2f}")
         lines.append(f"| {dataset} | {ipc} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

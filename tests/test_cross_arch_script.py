@@ -14,12 +14,13 @@ def test_table_has_a_column_per_network_and_a_dash_where_unscored() -> None:
     results = {
         "ucmerced/10/herding/convnet3": {"accuracy_mean": 66.11, "accuracy_std": 1.68},
         "ucmerced/10/herding/resnet18": {"accuracy_mean": 50.5, "accuracy_std": 0.25},
+        "ucmerced/10/herding/efficientnet-lite0": {"accuracy_mean": 86.19, "accuracy_std": 0.0, "runs": 1},
         "ucmerced/10/dm (from real images)/convnet3": {"accuracy_mean": 71.9, "accuracy_std": 0.51},
     }
-    lines = script.table(results, ["convnet3", "resnet18"]).splitlines()
-    assert lines[0] == "| dataset | IPC | set | convnet3 | resnet18 |"
-    assert lines[2] == "| ucmerced | 10 | dm (from real images) | 71.90 ± 0.51 | – |"
-    assert lines[3] == "| ucmerced | 10 | herding | 66.11 ± 1.68 | 50.50 ± 0.25 |"
+    lines = script.table(results, ["convnet3", "resnet18", "efficientnet-lite0"]).splitlines()
+    assert lines[0] == "| dataset | IPC | set | convnet3 | resnet18 | efficientnet-lite0 |"
+    assert lines[2] == "| ucmerced | 10 | dm (from real images) | 71.90 ± 0.51 | – | – |"
+    assert lines[3] == "| ucmerced | 10 | herding | 66.11 ± 1.68 | 50.50 ± 0.25 | 86.19 (1 run) |"
 
 
 def test_a_missing_set_names_the_benchmark_command_that_makes_it(tmp_path: Path) -> None:
