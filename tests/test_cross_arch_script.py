@@ -23,6 +23,18 @@ def test_table_has_a_column_per_network_and_a_dash_where_unscored() -> None:
     assert lines[3] == "| ucmerced | 10 | herding | 66.11 ± 1.68 | 50.50 ± 0.25 | 86.19 (1 run) |"
 
 
+def test_convnet3_column_falls_back_to_the_benchmarks_own_score() -> None:
+    script = load_script("cross_arch")
+    results = {"eurosat/10/herding/efficientnet-lite0": {"accuracy_mean": 70.0, "accuracy_std": 0.0, "runs": 1},
+               "eurosat/10/distilled/convnet3": {"accuracy_mean": 60.0, "accuracy_std": 1.0}}
+    benchmark = {"eurosat/10/herding": {"accuracy_mean": 65.07, "accuracy_std": 0.57},
+                 "eurosat/10/distilled": {"accuracy_mean": 67.85, "accuracy_std": 0.17}}
+    lines = script.table(results, ["convnet3", "efficientnet-lite0"], benchmark).splitlines()
+    assert lines[2] == "| eurosat | 10 | distilled | 60.00 ± 1.00 | – |"  # its own score wins
+    assert lines[3] == "| eurosat | 10 | herding | 65.07 ± 0.57 ‡ | 70.00 (1 run) |"
+    assert "‡" not in script.table(results, ["convnet3", "efficientnet-lite0"])
+
+
 def test_a_missing_set_names_the_benchmark_command_that_makes_it(tmp_path: Path) -> None:
     script = load_script("cross_arch")
     with pytest.raises(SystemExit, match="--ipcs 10 --methods m3d --no-ablations"):
