@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from rsdistill.core.artifacts import package_versions, torch_threads
 from rsdistill.core.atomic import write_text_atomic
 from rsdistill.core.config import EvalConfig, PrototypeConfig, RunConfig, dump_config, load_config
 from rsdistill.core.runtime import resolve_device
@@ -79,7 +80,8 @@ def scored(path: Path, make: Any) -> dict[str, Any]:
     """The cached result at `path`, or `make()` computed and saved there."""
     if path.is_file():
         return json.loads(path.read_text())
-    result = make()
+    # A re-run matches bit for bit only with the same versions and thread count (docs/method.md#determinism).
+    result = {**make(), "environment": {"versions": package_versions(), "torch_threads": torch_threads()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     return result

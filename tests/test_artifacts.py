@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from rsdistill.core.artifacts import Stage, add_files, foreign_content, require_done
 from rsdistill.core.errors import RSDistillError
@@ -18,6 +19,7 @@ def test_stage_is_done_only_when_manifest_matches(tmp_path: Path) -> None:
     manifest = json.loads((stage.path / "manifest.json").read_text())
     assert stage.done and manifest["count"] == 3 and manifest["stage"] == "prototypes"
     assert manifest["wall_time_s"] >= 0 and manifest["peak_memory_mb"] > 0 and "torch" in manifest["versions"]
+    assert manifest["torch_threads"] == torch.get_num_threads()
     assert not Stage(tmp_path, "prototypes", config={"ipc": 50}, inputs={"data": "abc"}).done
     assert not Stage(tmp_path, "prototypes", config={"ipc": 10}, inputs={"data": "xyz"}).done
 

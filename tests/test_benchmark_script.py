@@ -122,3 +122,13 @@ def test_gan_settings_leave_a_diffusion_configs_tag_alone() -> None:
     assert benchmark.config_tag("eurosat", 10, ["generator.gan_width=64"]) == tag
     assert benchmark.config_tag("eurosat", 10, ["generator.kind=gan"]) != tag
     assert benchmark.config_tag("eurosat", 10, ["refine.iterations=151"]) != tag
+
+
+def test_a_scored_item_records_its_environment_and_is_read_back_unchanged(tmp_path: Path) -> None:
+    benchmark = load_script("benchmark")
+    calls = []
+    path = tmp_path / "item.json"
+    first = benchmark.scored(path, lambda: calls.append(1) or {"accuracy_mean": 50.0})
+    assert first["accuracy_mean"] == 50.0 and "torch" in first["environment"]["versions"]
+    assert first["environment"]["torch_threads"] >= 1
+    assert benchmark.scored(path, lambda: calls.append(1) or {}) == first and calls == [1]  # cached, not re-made

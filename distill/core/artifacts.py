@@ -117,6 +117,13 @@ def fingerprint(stage: str, config: Any, inputs: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def torch_threads() -> int:
+    """Torch's intra-op thread count: on a CPU, float sums and so trained weights depend on it."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in TRACKED_PACKAGES:
@@ -339,6 +346,7 @@ class Stage:
             "config": self.config,
             "inputs": self.inputs,
             "versions": package_versions(),
+            "torch_threads": torch_threads(),
             "wall_time_s": round(wall, 3),
             "peak_memory_mb": round(peak_mb, 1),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
